@@ -1,0 +1,234 @@
+"""Typed configuration: one YAML file chosen on the command line, ``--set key=value`` on top.
+
+Every key is a field of a dataclass below, so a misspelt key or a value of the wrong type
+is refused with a message naming it instead of being silently ignored.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from lib.errors import UserError
+
+
+@dataclass
+class SparkConfig:
+    master: str = "local[2]"  # used only when spark-submit did not already set a master
+    app_name: str = "twotower"
+    conf: dict = field(default_factory=dict)  # extra spark.* settings
+
+
+@dataclass
+class LakeConfig:
+    path: str = "./lake"
+
+
+@dataclass
+class SourceConfig:
+    kind: str = "synthetic"  # synthetic | okcupid
+    path: str = ""  # input file for file sources
+    num_profiles: int = 5000  # synthetic only
+    seed: int = 42
+    archetypes_file: str = "conf/archetypes.yaml"
+    genres_per_profile: int = 4  # synthetic music preferences per profile (mean)
+    gender_filter: bool = True  # False for a source without genders: no gender/orientation fit
+    max_quarantine_fraction: float = 0.05  # fail the ingest past this share of bad rows
+
+
+@dataclass
+class SynthesizeConfig:
+    seed: int = 7
+    candidate_draws: int = 40  # random candidate slots drawn per user (never a cross join)
+    positives_per_user: int = 10
+    negatives_per_user: int = 10
+    noise: float = 0.3  # std of the Gaussian noise added to the compatibility score
+    holdout_fraction: float = 0.2  # share of each user's positives held out for evaluation
+
+
+@dataclass
+class FeaturesConfig:
+    max_categories: int = 30  # one-hot vocabulary size per categorical (plus other, missing)
+    max_multi_hot: int = 100  # multi-hot vocabulary size for interests and genres
+
+
+@dataclass
+class TrainConfig:
+    num_proc: int = 2  # Horovod processes (Spark tasks)
+    epochs: int = 8
+    batch_size: int = 256  # per rank
+    learning_rate: float = 0.003
+    hidden_units: list = field(default_factory=lambda: [128])
+    embedding_dim: int = 64
+    temperature: float = 0.1
+    seed: int = 1
+
+
+@dataclass
+class IndexConfig:
+    max_shard_size: int = 500000  # a filter group larger than this is split into shards
+
+
+@dataclass
+class MatchConfig:
+    k: int = 50
+    query_batch: int = 1024  # users searched together in one FAISS call
+
+
+@dataclass
+class EvaluateConfig:
+    seed: int = 11  # random baseline
+
+
+@dataclass
+class Config:
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    lake: LakeConfig = field(default_factory=LakeConfig)
+    source: SourceConfig = field(default_factory=SourceConfig)
+    synthesize: SynthesizeConfig = field(default_factory=SynthesizeConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    match: MatchConfig = field(default_factory=MatchConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    run_id: str = ""  # pin the run id (default: a new one per invocation)
+    model_version: str = ""  # pin the model version read by embed/index/match/evaluate
+
+
+SOURCE_KINDS = ("synthetic", "okcupid")
+
+
+def load_config(path: str | None, overrides: list[str] = ()) -> Config:
+    """Read ``path`` (YAML) and apply ``key=value`` overrides; raise UserError on any problem."""
+    raw: dict = {}
+    if path:
+        if not os.path.isfile(path):
+            raise UserError(f"config file {path!r} not found; pass an existing YAML file to --conf")
+        try:
+            with open(path, encoding="utf-8") as f:
+                raw = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise UserError(f"config file {path!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(raw, dict):
+            raise UserError(f"config file {path!r} must be a mapping of sections, not {type(raw).__name__}")
+    cfg = _build(Config, raw, "")
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"--set {item!r}: expected key=value, e.g. --set lake.path=/tmp/lake")
+        key, value = item.split("=", 1)
+        _set(cfg, key.strip(), value)
+    _check(cfg)
+    return cfg
+
+
+def _build(cls, raw: dict, prefix: str):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in raw.items():
+        name = f"{prefix}{key}"
+        if key not in fields:
+            raise UserError(f"unknown config key {name!r}; known keys here: {', '.join(sorted(fields))}")
+        kwargs[key] = _coerce(hints[key], value, name)
+    return cls(**kwargs)
+
+
+def _coerce(tp, value: Any, name: str):
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise UserError(f"config key {name!r} is a section; give it a mapping, not {value!r}")
+        return _build(tp, value, name + ".")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif tp in (list, dict):
+        if isinstance(value, str):
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError:
+                pass
+        if isinstance(value, tp):
+            return value
+    raise UserError(f"config key {name!r} expects {tp.__name__}, got {value!r}")
+
+
+def _set(cfg: Config, key: str, value: str) -> None:
+    parts = key.split(".")
+    obj = cfg
+    for i, part in enumerate(parts):
+        name = ".".join(parts[: i + 1])
+        if not dataclasses.is_dataclass(obj) or part not in {f.name for f in dataclasses.fields(obj)}:
+            raise UserError(f"--set {key}: unknown config key {name!r}")
+        if i == len(parts) - 1:
+            tp = typing.get_type_hints(type(obj))[part]
+            if dataclasses.is_dataclass(tp):
+                raise UserError(f"--set {key}: {name!r} is a section; set one of its keys, e.g. {name}.<key>=...")
+            if tp is dict:
+                raise UserError(f"--set {key}: set a single entry, e.g. --set {name}.<entry>=...")
+            setattr(obj, part, _coerce(tp, value, name))
+            return
+        nxt = getattr(obj, part)
+        if isinstance(nxt, dict):  # free-form mapping such as spark.conf
+            nxt[".".join(parts[i + 1:])] = value
+            return
+        obj = nxt
+
+
+def _check(cfg: Config) -> None:
+    """Range checks that a type alone cannot express."""
+    if cfg.source.kind not in SOURCE_KINDS:
+        raise UserError(f"source.kind {cfg.source.kind!r} is not one of {', '.join(SOURCE_KINDS)}")
+    if cfg.source.kind != "synthetic" and not cfg.source.path:
+        raise UserError(f"source.kind={cfg.source.kind} needs a file: --set source.path=FILE")
+    positive = {
+        "source.num_profiles": cfg.source.num_profiles,
+        "synthesize.candidate_draws": cfg.synthesize.candidate_draws,
+        "synthesize.positives_per_user": cfg.synthesize.positives_per_user,
+        "train.num_proc": cfg.train.num_proc,
+        "train.epochs": cfg.train.epochs,
+        "train.batch_size": cfg.train.batch_size,
+        "train.embedding_dim": cfg.train.embedding_dim,
+        "index.max_shard_size": cfg.index.max_shard_size,
+        "match.k": cfg.match.k,
+        "match.query_batch": cfg.match.query_batch,
+        "features.max_categories": cfg.features.max_categories,
+        "features.max_multi_hot": cfg.features.max_multi_hot,
+    }
+    for name, value in positive.items():
+        if value <= 0:
+            raise UserError(f"{name} must be positive, got {value}")
+    if cfg.synthesize.negatives_per_user < 0:
+        raise UserError("synthesize.negatives_per_user must be 0 or more")
+    for name, value in (("synthesize.holdout_fraction", cfg.synthesize.holdout_fraction),
+                        ("source.max_quarantine_fraction", cfg.source.max_quarantine_fraction)):
+        if not 0.0 <= value < 1.0:
+            raise UserError(f"{name} must be in [0, 1), got {value}")
+    if cfg.train.temperature <= 0 or cfg.train.learning_rate <= 0:
+        raise UserError("train.temperature and train.learning_rate must be positive")
+    if not all(isinstance(u, int) and u > 0 for u in cfg.train.hidden_units):
+        raise UserError(f"train.hidden_units must be a list of positive integers, got {cfg.train.hidden_units!r}")

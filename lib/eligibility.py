@@ -1,0 +1,27 @@
+"""Who takes part in matching at all, and the pairs that must never be shown."""
+from __future__ import annotations
+
+
+def active_profiles(profiles):
+    """Profiles that may be matched and may receive matches: set up, not deleted, not banned."""
+    from pyspark.sql import functions as F
+    return profiles.where(F.coalesce(F.col("setup_complete"), F.lit(False))
+                          & F.col("deleted_at").isNull()
+                          & ~F.coalesce(F.col("banned"), F.lit(False)))
+
+
+def pool_key_col(gender_filter: bool):
+    """The pool a profile is drawn from / indexed in: its gender, or 'all' without a gender filter."""
+    from pyspark.sql import functions as F
+    return F.col("gender") if gender_filter else F.lit("all")
+
+
+def excluded_pairs(interactions):
+    """(user_id, profile_id) pairs never to recommend: everything the user acted on in the
+    training split, and every block in either direction (whatever the split)."""
+    from pyspark.sql import functions as F
+    acted = interactions.where(F.col("split") == "train").select("user_id", "profile_id")
+    blocks = interactions.where(F.col("event") == "block")
+    return (acted.unionByName(blocks.select("user_id", "profile_id"))
+            .unionByName(blocks.select(F.col("profile_id").alias("user_id"), F.col("user_id").alias("profile_id")))
+            .distinct())

@@ -1,0 +1,95 @@
+"""evaluate: precision, recall, MAP and NDCG at K on held-out positives, model against baselines.
+
+Per user (with at least one held-out positive), for recommendations r_1..r_K and the set R
+of held-out positives:
+  precision = hits / K, recall = hits / |R|,
+  AP = sum over hit ranks i of (hits within the first i / i) / min(|R|, K),
+  NDCG = sum over hit ranks i of 1/log2(i+1), divided by the same sum for i = 1..min(|R|, K).
+Each is averaged over users; a user with no recommendations scores 0.
+``ranking_metrics`` is the plain-Python twin of ``metrics_df``.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+
+from lib import lake
+from lib.config import Config
+from lib.match import load_index, match_queries, recommend
+
+METRICS = ("precision", "recall", "map", "ndcg")
+
+
+def ranking_metrics(recommended: list, relevant: set, k: int) -> dict:
+    """Metrics of one user: ``recommended`` profile ids best first, ``relevant`` the held-out ids."""
+    hits, ap, dcg = 0, 0.0, 0.0
+    for i, pid in enumerate(recommended[:k], start=1):
+        if pid in relevant:
+            hits += 1
+            ap += hits / i
+            dcg += 1.0 / math.log2(i + 1)
+    ideal = sum(1.0 / math.log2(i + 1) for i in range(1, min(len(relevant), k) + 1))
+    return {"precision": hits / k, "recall": hits / len(relevant), "map": ap / min(len(relevant), k),
+            "ndcg": dcg / ideal}
+
+
+def metrics_df(recs, heldout, k: int):
+    """Mean metrics over the users of ``heldout`` (user_id, profile_id) for ``recs``
+    (user_id, rank, profile_id); returns one Row with the columns of METRICS and ``users``."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+    rel = heldout.groupBy("user_id").agg(F.count("*").alias("n_rel"))
+    hits = (recs.where(F.col("rank") <= k).join(heldout, ["user_id", "profile_id"])
+            .withColumn("h", F.row_number().over(Window.partitionBy("user_id").orderBy("rank")))
+            .groupBy("user_id").agg(F.count("*").alias("hits"), F.sum(F.col("h") / F.col("rank")).alias("ap_sum"),
+                                    F.sum(1.0 / F.log2(F.col("rank") + 1)).alias("dcg")))
+    ideal = F.aggregate(F.sequence(F.lit(1), F.least(F.col("n_rel"), F.lit(k)).cast("int")), F.lit(0.0),
+                        lambda acc, i: acc + 1.0 / F.log2(i + 1))
+    per_user = (rel.join(hits, "user_id", "left").fillna(0, ["hits", "ap_sum", "dcg"])
+                .select((F.col("hits") / k).alias("precision"), (F.col("hits") / F.col("n_rel")).alias("recall"),
+                        (F.col("ap_sum") / F.least(F.col("n_rel"), F.lit(k))).alias("map"),
+                        (F.col("dcg") / ideal).alias("ndcg")))
+    return per_user.agg(*[F.avg(m).alias(m) for m in METRICS], F.count("*").alias("users")).first()
+
+
+def run(spark, cfg: Config, run_id: str) -> dict:
+    from pyspark.sql import functions as F
+    k = cfg.match.k
+    mv = lake.latest_model_version(spark, cfg.lake.path, cfg.model_version)
+    index_dir, manifest = load_index(spark, cfg, mv)
+    queries = match_queries(spark, cfg, mv).cache()
+    # Held-out positives of users who take part (an inactive user gets no matches by design).
+    heldout = (lake.read_table(spark, cfg.lake.path, "interactions", "synthesize")
+               .where((F.col("split") == "heldout") & (F.col("label") == 1))
+               .select("user_id", "profile_id").join(queries.select("user_id"), "user_id", "left_semi").cache())
+    matches = lake.read_table(spark, cfg.lake.path, "matches", "match").where(F.col("model_version") == mv)
+    models = {"two_tower": matches.select("user_id", "rank", "profile_id")}
+    for scorer in ("random", "popularity"):
+        models[scorer] = recommend(queries, index_dir, manifest, k, scorer, cfg.evaluate.seed, cfg.match.query_batch)
+    results = {}
+    for name, recs in models.items():
+        row = metrics_df(recs, heldout, k)
+        results[name] = {m: float(row[m] or 0.0) for m in METRICS}
+    users = heldout.select("user_id").distinct().count()
+    queries.unpersist()
+    heldout.unpersist()
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    rows = [(run_id, mv, name, k, m, v, now) for name, vals in results.items() for m, v in vals.items()]
+    df = spark.createDataFrame(rows, "run_id string, model_version string, model string, k int, metric string, "
+                                     "value double, computed_at timestamp")
+    lake.write_table(df, cfg.lake.path, "metrics", mode="append")
+    report = {"run_id": run_id, "model_version": mv, "k": k, "users_evaluated": users, "metrics": results}
+    path = os.path.join(lake.artifact_dir(cfg.lake.path, "reports", run_id), "metrics.json")
+    lake.write_json_atomic(path, report)
+    print(format_table(results, k, users))
+    return {"report": path, "users_evaluated": users,
+            **{f"{name}_recall": round(v["recall"], 4) for name, v in results.items()}}
+
+
+def format_table(results: dict, k: int, users: int) -> str:
+    lines = [f"held-out evaluation at K={k} over {users} users",
+             f"{'model':<12}" + "".join(f"{m + '@' + str(k):>14}" for m in METRICS)]
+    for name, vals in results.items():
+        lines.append(f"{name:<12}" + "".join(f"{vals[m]:>14.4f}" for m in METRICS))
+    return "\n".join(lines)

@@ -1,0 +1,128 @@
+"""The lake: where each table and artifact lives, and the registry of successful runs.
+
+Tables are Delta tables under one path (see the storage contract in DESIGN.md). Models,
+FAISS shards and reports are files beside them, each under its run id or model version,
+written under a temporary name and renamed so a killed job leaves nothing half-written.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import uuid
+
+from lib.errors import UserError
+
+TABLES = ("profiles", "music_preferences", "interactions", "quarantine", "features",
+          "user_embeddings", "profile_embeddings", "matches", "metrics", "runs")
+
+
+def table_path(lake: str, name: str) -> str:
+    assert name in TABLES, name
+    return os.path.join(os.path.abspath(lake), name)
+
+
+def artifact_dir(lake: str, kind: str, version: str) -> str:
+    """``<lake>/<kind>/<version>``: models, indexes, reports, preprocessors."""
+    return os.path.join(os.path.abspath(lake), kind, version)
+
+
+def new_run_id() -> str:
+    """Sortable and unique: UTC time to the second plus 6 random hex digits."""
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+
+
+def table_exists(spark, lake: str, name: str) -> bool:
+    from delta.tables import DeltaTable
+    return DeltaTable.isDeltaTable(spark, table_path(lake, name))
+
+
+def read_table(spark, lake: str, name: str, hint: str = ""):
+    if not table_exists(spark, lake, name):
+        raise UserError(f"table {name!r} not found in lake {os.path.abspath(lake)}; "
+                        f"run {hint or 'the stage that writes it'} first")
+    return spark.read.format("delta").load(table_path(lake, name))
+
+
+def write_table(df, lake: str, name: str, mode: str = "overwrite", replace_where: str | None = None,
+                partition_by: list[str] | None = None) -> None:
+    """One atomic Delta commit. ``replace_where`` overwrites just the matching rows."""
+    w = df.write.format("delta").mode(mode)
+    if replace_where:
+        w = w.option("replaceWhere", replace_where)
+    if mode == "overwrite" and not replace_where:
+        w = w.option("overwriteSchema", "true")
+    if partition_by:
+        w = w.partitionBy(*partition_by)
+    w.save(table_path(lake, name))
+
+
+# --- runs registry -----------------------------------------------------------------
+def record_run(spark, lake: str, stage: str, run_id: str, model_version: str, info: dict) -> None:
+    """Append one row saying ``stage`` succeeded for ``run_id``; later stages read it."""
+    from pyspark.sql import Row
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    row = Row(stage=stage, run_id=run_id, model_version=model_version or "",
+              status="succeeded", finished_at=now, info=json.dumps(info, sort_keys=True, default=str))
+    df = spark.createDataFrame([row], "stage string, run_id string, model_version string, "
+                                      "status string, finished_at timestamp, info string")
+    write_table(df, lake, "runs", mode="append")
+
+
+def latest_run(spark, lake: str, stage: str, run_id: str = "") -> dict:
+    """The newest successful run of ``stage`` (or the pinned ``run_id``) as a dict."""
+    from pyspark.sql import functions as F
+    if not table_exists(spark, lake, "runs"):
+        raise UserError(f"no successful '{stage}' run in lake {os.path.abspath(lake)}; run '{stage}' first")
+    runs = read_table(spark, lake, "runs").where((F.col("stage") == stage) & (F.col("status") == "succeeded"))
+    if run_id:
+        runs = runs.where(F.col("run_id") == run_id)
+    row = runs.orderBy(F.col("finished_at").desc()).limit(1).collect()
+    if not row:
+        which = f"run {run_id!r} of '{stage}'" if run_id else f"successful '{stage}' run"
+        raise UserError(f"no {which} in lake {os.path.abspath(lake)}; run '{stage}' first")
+    r = row[0].asDict()
+    r["info"] = json.loads(r["info"])
+    return r
+
+
+def latest_model_version(spark, lake: str, pinned: str = "") -> str:
+    """The model version to use: the pinned one, else that of the newest 'train' run."""
+    if pinned:
+        path = artifact_dir(lake, "models", pinned)
+        if not os.path.isdir(path):
+            raise UserError(f"model version {pinned!r} not found under {os.path.dirname(path)}")
+        return pinned
+    return latest_run(spark, lake, "train")["model_version"]
+
+
+# --- files --------------------------------------------------------------------------
+def write_json_atomic(path: str, obj) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=str)
+    os.replace(tmp, path)
+
+
+def publish_dir(tmp_dir: str, final_dir: str) -> None:
+    """Move a fully written directory into place (rename is atomic on one filesystem)."""
+    if os.path.exists(final_dir):
+        shutil.rmtree(final_dir)
+    os.makedirs(os.path.dirname(final_dir), exist_ok=True)
+    os.replace(tmp_dir, final_dir)
+
+
+def staging_dir(lake: str, run_id: str) -> str:
+    path = os.path.join(os.path.abspath(lake), "_staging", run_id)
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"{path} not found; the artifact is incomplete, rerun the stage that writes it") from None

@@ -1,0 +1,90 @@
+"""Table schemas of the storage contract and the rules of who may be matched with whom."""
+from __future__ import annotations
+
+GENDERS = ("male", "female", "non-binary")
+ORIENTATIONS = ("straight", "gay", "lesbian", "bisexual", "pansexual", "queer", "asexual")
+
+# Never copied into features, logs, quarantine or match tables.
+PRIVATE_COLUMNS = ("name", "avatar_url", "bio")
+
+PROFILES_DDL = (
+    "id string, created_at timestamp, updated_at timestamp, name string, avatar_url string, "
+    "setup_complete boolean, age int, gender string, sexual_orientation string, "
+    "looking_for array<string>, location string, latitude double, longitude double, bio string, "
+    "interests array<string>, relationship_goal string, education_level string, job_title string, "
+    "height double, drinking_habits string, smoking_habits string, group_id string, "
+    "attributes map<string,string>, source string, deleted_at timestamp, banned boolean, "
+    "ingest_run_id string"
+)
+MUSIC_DDL = ("id string, created_at timestamp, user_id string, genre string, artist_name string, "
+             "source string, ingest_run_id string")
+INTERACTIONS_DDL = ("user_id string, profile_id string, event string, label int, source string, "
+                    "split string, created_at timestamp, run_id string")
+QUARANTINE_DDL = "run_id string, source string, rule string, reason string, raw string, quarantined_at timestamp"
+MATCHES_DDL = ("user_id string, rank int, profile_id string, score float, model_version string, "
+               "run_id string, generated_at timestamp")
+
+
+def profile_columns() -> list[str]:
+    return [c.strip().split(" ")[0] for c in _split_ddl(PROFILES_DDL)]
+
+
+def _split_ddl(ddl: str) -> list[str]:
+    # Split on commas outside <...> (map<string,string> contains one).
+    out, depth, cur = [], 0, ""
+    for ch in ddl:
+        depth += ch == "<"
+        depth -= ch == ">"
+        if ch == "," and depth == 0:
+            out.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return out + [cur]
+
+
+def derive_looking_for(gender: str | None, orientation: str | None) -> tuple[list[str], bool]:
+    """Genders a person seeks when the profile does not say; and whether it was a default.
+
+    straight -> the other of male/female; gay -> the same gender; lesbian -> female;
+    bisexual, pansexual, queer -> everyone; anything not derivable -> everyone (default).
+    ``looking_for_col`` is the Spark twin of this function.
+    """
+    everyone = list(GENDERS)
+    if orientation == "straight" and gender in ("male", "female"):
+        return (["female"] if gender == "male" else ["male"]), False
+    if orientation == "gay" and gender in GENDERS:
+        return [gender], False
+    if orientation == "lesbian":
+        return ["female"], False
+    if orientation in ("bisexual", "pansexual", "queer"):
+        return everyone, False
+    return everyone, True
+
+
+def looking_for_col(gender, orientation, given):
+    """Spark Column: ``given`` when non-empty, else the derivation of ``derive_looking_for``."""
+    from pyspark.sql import functions as F
+    everyone = F.array(*[F.lit(g) for g in GENDERS])
+    derived = (F.when((orientation == "straight") & (gender == "male"), F.array(F.lit("female")))
+               .when((orientation == "straight") & (gender == "female"), F.array(F.lit("male")))
+               .when((orientation == "gay") & gender.isin(*GENDERS), F.array(gender))
+               .when(orientation == "lesbian", F.array(F.lit("female")))
+               .otherwise(everyone))
+    return F.when(given.isNotNull() & (F.size(given) > 0), F.array_sort(F.array_distinct(given))) \
+        .otherwise(F.array_sort(derived))
+
+
+def looking_for_defaulted_col(gender, orientation, given):
+    """Spark Column: true where looking_for fell back to everyone because nothing said otherwise."""
+    from pyspark.sql import functions as F
+    derivable = (((orientation == "straight") & gender.isin("male", "female"))
+                 | ((orientation == "gay") & gender.isin(*GENDERS))
+                 | orientation.isin("lesbian", "bisexual", "pansexual", "queer"))
+    has_given = given.isNotNull() & (F.size(given) > 0)
+    return ~has_given & ~F.coalesce(derivable, F.lit(False))
+
+
+def fits(user_gender, user_seeks, cand_gender, cand_seeks) -> bool:
+    """A pair fits only both ways: each one's gender is among the genders the other seeks."""
+    return cand_gender in user_seeks and user_gender in cand_seeks

@@ -1,0 +1,58 @@
+"""The one place a SparkSession is built: master, Delta Lake, jars, sensible local defaults."""
+from __future__ import annotations
+
+import glob
+import os
+import sys
+
+from lib.config import Config
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def build_spark(cfg: Config):
+    """Return a SparkSession with Delta configured.
+
+    ``spark.master`` from the config wins when it is set (``local[2]`` in conf/local.yaml);
+    an empty one leaves the master to ``spark-submit --master`` (a cluster). Under
+    spark-submit the jars come from its ``--jars``; without it (tests, notebooks run
+    locally) they come from build/jars.
+    """
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.appName(cfg.spark.app_name)
+    if cfg.spark.master:
+        builder = builder.master(cfg.spark.master)
+    if not _submitted():
+        # Python workers: this interpreter and this checkout (spark-submit ships a zip instead).
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+        if _ROOT not in paths:
+            os.environ["PYTHONPATH"] = os.pathsep.join([_ROOT] + [p for p in paths if p])
+        log4j = os.path.join(_ROOT, "conf", "log4j2.properties")
+        builder = builder.config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile=file:{log4j}")
+        jars = sorted(glob.glob(os.path.join(_ROOT, "build", "jars", "*.jar")))
+        if jars:
+            builder = builder.config("spark.jars", ",".join(jars))
+    settings = {
+        "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+        "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+        # Small local runs do not need 200 shuffle partitions; clusters override this.
+        "spark.sql.shuffle.partitions": "8",
+        "spark.sql.session.timeZone": "UTC",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.log.structuredLogging.enabled": "false",
+        # Downstream readers are not all Spark (delta-rs): no deletion vectors.
+        "spark.databricks.delta.properties.defaults.enableDeletionVectors": "false",
+    }
+    settings.update({k: str(v) for k, v in cfg.spark.conf.items()})
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    return spark
+
+
+def _submitted() -> bool:
+    """True inside a Python driver launched by spark-submit (its JVM is already running)."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ

@@ -1,0 +1,1 @@
+"""Profile sources: each returns profiles (and music preferences) in the storage schema."""

@@ -1,0 +1,75 @@
+"""Reading exported files: zip or plain CSV, every row kept with its position in the file."""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+import zipfile
+
+from lib.errors import UserError
+
+CORRUPT = "_corrupt_record"
+
+
+def stage_csv(path: str, staging: str) -> str:
+    """Return a plain CSV path for ``path``: itself, or its single CSV member unzipped into
+    ``staging`` (streamed, never held in memory). Spark cannot split a zip, a CSV it can."""
+    if not os.path.exists(path):
+        raise UserError(f"input file {path!r} not found; check source.path")
+    if not os.path.isfile(path) or not os.access(path, os.R_OK):
+        raise UserError(f"input {path!r} is not a readable file; check source.path")
+    if os.path.getsize(path) == 0:
+        raise UserError(f"input file {path!r} is empty")
+    if not zipfile.is_zipfile(path):
+        return os.path.abspath(path)
+    try:
+        with zipfile.ZipFile(path) as z:
+            members = [m for m in z.infolist() if m.filename.lower().endswith(".csv") and not m.is_dir()]
+            if len(members) != 1:
+                raise UserError(f"zip file {path!r} must hold exactly one .csv file, found {len(members)}")
+            out = os.path.join(staging, os.path.basename(members[0].filename))
+            with z.open(members[0]) as src, open(out, "wb") as dst:
+                shutil.copyfileobj(src, dst, length=1 << 20)
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise UserError(f"zip file {path!r} cannot be read ({e}); re-export or re-download it") from None
+    return out
+
+
+def read_header(path: str) -> list[str]:
+    """The CSV's column names (only the first line is read)."""
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            first = f.readline()
+    except UnicodeDecodeError:
+        raise UserError(f"{path!r} is not UTF-8 text; export the CSV as UTF-8") from None
+    if not first.strip():
+        raise UserError(f"{path!r} has no header line")
+    header = next(csv.reader(io.StringIO(first)))
+    return [h.strip() for h in header]
+
+
+def read_csv_with_position(spark, path: str, columns: list[str]):
+    """All columns as strings plus ``_corrupt_record`` and ``_pos`` (0-based data row number).
+
+    The position is exact however Spark splits the file: rows are counted per file block
+    (from the hidden ``_metadata`` column) and offset by the blocks before them.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    ddl = ", ".join(f"`{c}` string" for c in columns) + f", {CORRUPT} string"
+    df = (spark.read.option("header", "true").option("mode", "PERMISSIVE")
+          .option("columnNameOfCorruptRecord", CORRUPT).option("multiLine", "false")
+          .option("enforceSchema", "true").schema(ddl).csv(path)
+          .withColumn("_file", F.col("_metadata.file_path"))
+          .withColumn("_block", F.col("_metadata.file_block_start"))
+          .withColumn("_mono", F.monotonically_increasing_id()))
+    # Within one block rows keep file order, and so does monotonically_increasing_id.
+    blocks = (df.groupBy("_file", "_block").agg(F.count("*").alias("_n"), F.min("_mono").alias("_first"))
+              .withColumn("_offset", F.sum("_n").over(Window.orderBy("_file", "_block")
+                                                      .rowsBetween(Window.unboundedPreceding, -1)))
+              .fillna(0, ["_offset"]))
+    return (df.join(F.broadcast(blocks.select("_file", "_block", "_offset", "_first")), ["_file", "_block"])
+            .withColumn("_pos", F.col("_offset") + F.col("_mono") - F.col("_first"))
+            .drop("_file", "_block", "_mono", "_offset", "_first"))

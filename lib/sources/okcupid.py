@@ -1,0 +1,66 @@
+"""OkCupid adapter: the public profiles_revised.csv(.zip) into the profiles schema.
+
+Ids come from the row's position in the file (the file has exact duplicate rows, so its
+content cannot identify a row). Columns the schema has no field for are kept in
+``attributes`` as extra categorical values.
+"""
+from __future__ import annotations
+
+from lib.errors import UserError
+from lib.sources.files import CORRUPT, read_csv_with_position, read_header, stage_csv
+
+# OkCupid column -> profiles column (the rest go to ``attributes``).
+MAPPED = {"age": "age", "sex": "gender", "orientation": "sexual_orientation", "drinks": "drinking_habits",
+          "smokes": "smoking_habits", "education": "education_level", "job": "job_title", "height": "height"}
+REQUIRED = ("age", "sex", "orientation")
+SEX = {"m": "male", "f": "female"}
+# Entities seen in the file; decoded so "doesn&rsquo;t" and "doesn't" are one value.
+ENTITIES = {"&rsquo;": "'", "&lsquo;": "'", "&ldquo;": '"', "&rdquo;": '"', "&quot;": '"', "&#39;": "'",
+            "&lt;": "<", "&gt;": ">", "&hellip;": "...", "&amp;": "&"}
+INCH_CM = 2.54
+
+
+def unescape_col(c):
+    from pyspark.sql import functions as F
+    for entity, text in ENTITIES.items():
+        c = F.replace(c, F.lit(entity), F.lit(text))
+    return c
+
+
+def read_okcupid(spark, path: str, staging: str):
+    """Raw OkCupid rows mapped to the profiles schema (unvalidated), with ``_pos`` and
+    ``_corrupt_record``. Validation happens in ``lib.validate``."""
+    from pyspark.sql import functions as F
+
+    csv_path = stage_csv(path, staging)
+    header = read_header(csv_path)
+    missing = [c for c in REQUIRED if c not in header]
+    if missing:
+        raise UserError(f"{path!r} is not an OkCupid profiles file: column(s) {', '.join(missing)} missing "
+                        f"(found: {', '.join(header[:12])})")
+    raw = read_csv_with_position(spark, csv_path, header)
+
+    def clean(name):
+        c = F.trim(unescape_col(F.col(f"`{name}`")))
+        return F.when(c == "", None).otherwise(c)
+
+    extras = [c for c in header if c not in MAPPED]
+    attrs = F.map_from_entries(F.filter(
+        F.array(*[F.struct(F.lit(c).alias("k"), clean(c).alias("v")) for c in extras]),
+        lambda s: s["v"].isNotNull())) if extras else F.create_map().cast("map<string,string>")
+    height_in = clean("height").try_cast("double") if "height" in header else F.lit(None).cast("double")
+    sex = F.lower(clean("sex"))
+    return raw.select(
+        F.concat(F.lit("okcupid:row:"), F.col("_pos").cast("string")).alias("_id_name"),
+        F.lit(None).cast("timestamp").alias("created_at"),
+        F.lit(True).alias("setup_complete"),
+        clean("age").alias("_age_raw"),
+        F.coalesce(F.element_at(F.create_map(*[F.lit(x) for kv in SEX.items() for x in kv]), sex), sex)
+        .alias("gender"),
+        F.lower(clean("orientation")).alias("sexual_orientation"),
+        *[clean(src).alias(dst) for src, dst in MAPPED.items()
+          if dst in ("drinking_habits", "smoking_habits", "education_level", "job_title") and src in header],
+        F.round(height_in * INCH_CM, 1).alias("height"),
+        attrs.alias("attributes"),
+        F.col("_pos"), F.col(CORRUPT),
+    )

@@ -1,0 +1,144 @@
+"""Synthetic profiles from archetype groups: the cold start before any real user exists.
+
+Every profile is drawn from its own random stream seeded by (seed, row number), so the
+output is identical for the same seed whatever the number of partitions or executors.
+Generation runs on the executors (``mapInPandas`` over ``spark.range``).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+import numpy as np
+import yaml
+
+from lib.errors import UserError
+from lib.ids import stable_uuid
+
+# created_at of synthetic profiles counts back from this fixed day (reproducible, not now()).
+EPOCH = dt.datetime(2026, 11, 1)
+
+_DIST_KEYS = ("gender", "orientation", "relationship_goal", "drinking_habits", "smoking_habits",
+              "education_level")
+
+
+def load_archetypes(path: str) -> dict:
+    """Read and check the archetype file; returns {'defaults': {...}, 'archetypes': {...}}."""
+    if not os.path.isfile(path):
+        raise UserError(f"archetype file {path!r} not found; set source.archetypes_file")
+    try:
+        with open(path, encoding="utf-8") as f:
+            spec = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"archetype file {path!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+    groups = spec.get("archetypes") or {}
+    if not isinstance(groups, dict) or not groups:
+        raise UserError(f"archetype file {path!r} defines no archetypes")
+    defaults = spec.get("defaults") or {}
+    for name, g in groups.items():
+        for key in ("interests", "genres", "age"):
+            if key not in g:
+                raise UserError(f"archetype {name!r} in {path!r} has no {key!r}")
+    if not defaults.get("cities"):
+        raise UserError(f"archetype file {path!r} has no defaults.cities")
+    return {"defaults": defaults, "archetypes": groups}
+
+
+def _pick(rng: np.random.Generator, dist: dict):
+    keys = list(dist)
+    w = np.asarray([float(dist[k]) for k in keys])
+    return keys[int(rng.choice(len(keys), p=w / w.sum()))]
+
+
+def _pick_many(rng: np.random.Generator, dist: dict, k: int) -> list:
+    keys = list(dist)
+    w = np.asarray([float(dist[k]) for k in keys])
+    k = min(k, len(keys))
+    idx = rng.choice(len(keys), size=k, replace=False, p=w / w.sum())
+    return [keys[i] for i in sorted(idx)]
+
+
+def generate_profile(i: int, seed: int, spec: dict) -> dict:
+    """Profile number ``i`` (a dict in the profiles schema plus ``music``: [(genre, artist)])."""
+    rng = np.random.default_rng([seed, i])
+    d, groups = spec["defaults"], spec["archetypes"]
+    group = _pick(rng, {name: g.get("weight", 1.0) for name, g in groups.items()})
+    g = groups[group]
+
+    def dist(key):
+        return g.get(key, d.get(key))
+
+    gender = _pick(rng, dist("gender"))
+    orientation = _pick(rng, dist("orientation"))
+    if orientation == "lesbian" and gender != "female":
+        orientation = "gay"
+    age = int(np.clip(round(rng.normal(g["age"]["mean"], g["age"]["sd"])), 18, 80))
+    interests = _pick_many(rng, g["interests"], int(rng.integers(3, 7)))
+    # A little noise outside the group: a shared interest across groups happens.
+    if rng.random() < 0.3:
+        other = groups[_pick(rng, {n: 1.0 for n in groups if n != group} or {group: 1.0})]
+        extra = _pick(rng, other["interests"])
+        if extra not in interests:
+            interests.append(extra)
+    genres = _pick_many(rng, g["genres"], int(rng.integers(2, 5)))
+    music = [(genre, f"{genre} artist {int(rng.integers(1, 21))}") for genre in genres
+             for _ in range(int(rng.integers(1, 3)))]
+    city = d["cities"][int(rng.integers(len(d["cities"])))]
+    mean_height = {"male": 178.0, "female": 165.0}.get(gender, 171.0)
+    pid = stable_uuid(f"synthetic:{seed}:{i}")
+    created = EPOCH - dt.timedelta(days=int(rng.integers(0, 720)), seconds=int(rng.integers(0, 86400)))
+    return {
+        "id": pid,
+        "created_at": created,
+        "name": f"Synthetic User {i}",
+        "avatar_url": f"https://example.invalid/avatars/{pid}.jpg",
+        "setup_complete": bool(rng.random() < float(d.get("setup_complete", 1.0))),
+        "age": age,
+        "gender": gender,
+        "sexual_orientation": orientation,
+        "location": city["name"],
+        "latitude": float(city["lat"]) + float(rng.normal(0, 0.05)),
+        "longitude": float(city["lon"]) + float(rng.normal(0, 0.05)),
+        "bio": f"Into {', '.join(interests)}.",
+        "interests": interests,
+        "relationship_goal": _pick(rng, dist("relationship_goal")),
+        "education_level": _pick(rng, dist("education_level")),
+        "job_title": str(g["jobs"][int(rng.integers(len(g["jobs"])))]) if g.get("jobs") else None,
+        "height": round(float(rng.normal(mean_height, 7.0)), 1),
+        "drinking_habits": _pick(rng, dist("drinking_habits")),
+        "smoking_habits": _pick(rng, dist("smoking_habits")),
+        "group_id": group,
+        "banned": bool(rng.random() < float(d.get("banned", 0.0))),
+        "deleted_at": (EPOCH if rng.random() < float(d.get("deleted", 0.0)) else None),
+        "music": music,
+    }
+
+
+_GEN_DDL = (
+    "id string, created_at timestamp, name string, avatar_url string, setup_complete boolean, "
+    "age int, gender string, sexual_orientation string, location string, latitude double, "
+    "longitude double, bio string, interests array<string>, relationship_goal string, "
+    "education_level string, job_title string, height double, drinking_habits string, "
+    "smoking_habits string, group_id string, banned boolean, deleted_at timestamp, "
+    "music array<struct<genre:string,artist_name:string>>"
+)
+
+
+def synthetic_profiles(spark, n: int, seed: int, spec: dict):
+    """DataFrame of ``n`` generated profiles (with a nested ``music`` column), made on executors."""
+    import pandas as pd
+
+    def gen(batches):
+        for b in batches:
+            rows = [generate_profile(int(i), seed, spec) for i in b["id"]]
+            for r in rows:
+                r["music"] = [{"genre": x, "artist_name": y} for x, y in r["music"]]
+            yield pd.DataFrame(rows, columns=[c.split(" ")[0] for c in _ddl_names()])
+
+    parts = max(1, min(200, n // 20000 + spark.sparkContext.defaultParallelism))
+    return spark.range(0, n, numPartitions=parts).mapInPandas(gen, _GEN_DDL)
+
+
+def _ddl_names() -> list[str]:
+    from lib.schema import _split_ddl
+    return [c.strip() for c in _split_ddl(_GEN_DDL)]

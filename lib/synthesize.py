@@ -1,0 +1,124 @@
+"""synthesize: synthetic interactions from the compatibility score, sampled per user.
+
+For each user a few dozen candidates are drawn at random from the pools of genders the
+user seeks (a join on random slot numbers, so the cost grows linearly with users, never a
+cross join); candidates that do not fit both ways are dropped. The noisy compatibility
+score ranks them: the best become positives ('like'), random others negatives ('pass').
+A share of each user's positives is held out for evaluation.
+All randomness comes from hashes of (seed, ids): the same seed gives the same rows however
+the data is partitioned.
+"""
+from __future__ import annotations
+
+import math
+
+from lib import lake
+from lib.compatibility import PAIR_FIELDS, compatibility_col, gaussian_noise_col
+from lib.config import Config
+from lib.eligibility import active_profiles, pool_key_col
+from lib.errors import UserError
+from lib.schema import INTERACTIONS_DDL
+
+SLOT_SIZE = 2  # profiles per random slot: each draw brings about this many candidates
+
+
+def pair_attributes(profiles, music):
+    """One row per profile with the fields the compatibility score reads (genres from music)."""
+    from pyspark.sql import functions as F
+    genres = music.groupBy(F.col("user_id").alias("id")).agg(F.array_sort(F.collect_set("genre")).alias("genres"))
+    return profiles.join(genres, "id", "left").select("id", *PAIR_FIELDS)
+
+
+def sample_candidates(active, draws: int, seed: int, gender_filter: bool):
+    """(user_id, profile_id) candidate pairs: about ``draws * SLOT_SIZE`` per user before the fit filter.
+
+    ``active``: id, gender, looking_for of the profiles that take part.
+    """
+    from pyspark.sql import functions as F
+    pool = active.select("id", "gender", "looking_for", pool_key_col(gender_filter).alias("pool"))
+    sizes = {r["pool"]: r["count"] for r in pool.groupBy("pool").count().collect()}  # one row per pool
+    slots = {k: max(1, math.ceil(n / SLOT_SIZE)) for k, n in sizes.items() if k is not None}
+    if not slots:
+        raise UserError("no active profiles to synthesize interactions for")
+    slot_map = F.create_map(*[F.lit(x) for kv in slots.items() for x in kv])
+    size_map = F.create_map(*[F.lit(x) for kv in sizes.items() if kv[0] is not None for x in kv])
+    pool = pool.withColumn("slot", F.pmod(F.xxhash64(F.lit(seed), F.col("id")), F.element_at(slot_map, F.col("pool"))))
+
+    wants = F.col("looking_for") if gender_filter else F.array(F.lit("all"))
+    users = (active.select(F.col("id").alias("user_id"), F.col("gender").alias("u_gender"), wants.alias("wants"))
+             .withColumn("want", F.explode("wants"))
+             .where(F.element_at(size_map, F.col("want")).isNotNull()))
+    # Draws per sought pool in proportion to the pool's size.
+    total = F.aggregate(F.transform("wants", lambda g: F.coalesce(F.element_at(size_map, g), F.lit(0))),
+                        F.lit(0).cast("long"), lambda acc, x: acc + x)
+    users = (users.withColumn("n", F.ceil(F.lit(draws) * F.element_at(size_map, F.col("want")) / total))
+             .withColumn("j", F.explode(F.sequence(F.lit(0), F.col("n").cast("int") - 1)))
+             .withColumn("slot", F.pmod(F.xxhash64(F.lit(seed), F.col("user_id"), F.col("want"), F.col("j")),
+                                        F.element_at(slot_map, F.col("want")))))
+    pairs = users.join(pool, (users.want == pool.pool) & (users.slot == pool.slot)) \
+        .where(F.col("user_id") != F.col("id"))
+    if gender_filter:
+        pairs = pairs.where(F.array_contains(F.col("looking_for"), F.col("u_gender")))
+    return pairs.select("user_id", F.col("id").alias("profile_id")).distinct()
+
+
+def label_pairs(pairs, attrs, cfg_syn, seed: int):
+    """Score candidate pairs and pick each user's positives and negatives; adds the split."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+    u = attrs.select(F.col("id").alias("user_id"), *[F.col(f).alias(f"u_{f}") for f in PAIR_FIELDS])
+    p = attrs.select(F.col("id").alias("profile_id"), *[F.col(f).alias(f"p_{f}") for f in PAIR_FIELDS])
+    scored = (pairs.join(u, "user_id").join(p, "profile_id")
+              .withColumn("score", compatibility_col()
+                          + F.lit(cfg_syn.noise) * gaussian_noise_col(seed, F.col("user_id"), F.col("profile_id")))
+              .select("user_id", "profile_id", "score"))
+    by_score = Window.partitionBy("user_id").orderBy(F.col("score").desc(), F.col("profile_id"))
+    by_hash = Window.partitionBy("user_id", "is_pos").orderBy(
+        F.xxhash64(F.lit(seed), F.lit("neg"), F.col("user_id"), F.col("profile_id")), F.col("profile_id"))
+    ranked = (scored.withColumn("r", F.row_number().over(by_score))
+              .withColumn("is_pos", F.col("r") <= cfg_syn.positives_per_user)
+              .withColumn("r2", F.row_number().over(by_hash))
+              .where(F.col("is_pos") | (F.col("r2") <= cfg_syn.negatives_per_user)))
+    labelled = ranked.select("user_id", "profile_id", F.col("is_pos").cast("int").alias("label"))
+    return split_holdout(labelled, cfg_syn.holdout_fraction, seed)
+
+
+def split_holdout(interactions, fraction: float, seed: int):
+    """Mark round(fraction * n) of each user's n positives 'heldout' (chosen by hash), the rest 'train'."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+    w = Window.partitionBy("user_id", "label").orderBy(
+        F.xxhash64(F.lit(seed), F.lit("split"), F.col("user_id"), F.col("profile_id")), F.col("profile_id"))
+    n = F.count("*").over(Window.partitionBy("user_id", "label"))
+    held = (F.col("label") == 1) & (F.row_number().over(w) <= F.round(n * F.lit(fraction)))
+    return interactions.withColumn("split", F.when(held, "heldout").otherwise("train"))
+
+
+def run(spark, cfg: Config, run_id: str) -> dict:
+    from pyspark.sql import functions as F
+    syn = cfg.synthesize
+    profiles = lake.read_table(spark, cfg.lake.path, "profiles", "ingest")
+    music = (lake.read_table(spark, cfg.lake.path, "music_preferences")
+             if lake.table_exists(spark, cfg.lake.path, "music_preferences")
+             else spark.createDataFrame([], "user_id string, genre string"))
+    active = active_profiles(profiles).select("id", "gender", "looking_for", *[
+        f for f in PAIR_FIELDS if f != "genres"]).cache()
+    pairs = sample_candidates(active, syn.candidate_draws, syn.seed, cfg.source.gender_filter)
+    labelled = label_pairs(pairs, pair_attributes(active, music), syn, syn.seed)
+    rows = (labelled.withColumn("event", F.when(F.col("label") == 1, "like").otherwise("pass"))
+            .withColumn("source", F.lit("synthetic"))
+            .withColumn("created_at", F.current_timestamp())
+            .withColumn("run_id", F.lit(run_id)))
+    from lib.ingest import conform
+    rows = conform(rows, INTERACTIONS_DDL)
+    if lake.table_exists(spark, cfg.lake.path, "interactions"):
+        lake.write_table(rows, cfg.lake.path, "interactions", replace_where="source = 'synthetic'")
+    else:
+        lake.write_table(rows, cfg.lake.path, "interactions")
+    stats = (lake.read_table(spark, cfg.lake.path, "interactions").where(F.col("source") == "synthetic")
+             .groupBy("label", "split").count().collect())
+    active.unpersist()
+    counts = {f"{'positive' if r['label'] else 'negative'}_{r['split']}": r["count"] for r in stats}
+    users = (lake.read_table(spark, cfg.lake.path, "interactions").where(F.col("source") == "synthetic")
+             .select("user_id").distinct().count())
+    return {"users_with_interactions": users, **counts}

@@ -1,0 +1,77 @@
+"""Named validation rules: every row that breaks one goes to quarantine with its reason.
+
+Nothing is dropped silently. Each rule is (name, condition that marks a bad row, reason);
+a row is quarantined under the first rule it breaks. The raw row kept in quarantine never
+holds ``name``, ``avatar_url`` or ``bio``.
+"""
+from __future__ import annotations
+
+from lib.schema import GENDERS, ORIENTATIONS, PRIVATE_COLUMNS
+
+MIN_AGE, MAX_AGE = 18, 100
+MIN_HEIGHT_CM, MAX_HEIGHT_CM = 90.0, 250.0
+
+
+def profile_rules(gender_filter: bool) -> list:
+    """Rules for candidate profile rows (columns of the profiles schema plus ``_age_raw``,
+    ``_corrupt_record``)."""
+    from pyspark.sql import functions as F
+    age, gender, orient = F.col("age"), F.col("gender"), F.col("sexual_orientation")
+    rules = [
+        ("malformed_row", F.col("_corrupt_record").isNotNull(),
+         "the line could not be parsed into the header's columns"),
+        ("missing_id", F.col("id").isNull() | (F.col("id") == ""), "the row has no id"),
+        ("age_not_a_number", F.col("_age_raw").isNotNull() & age.isNull(), "age is not a whole number"),
+        ("age_missing", age.isNull(), "age is missing"),
+        ("age_under_18", age < MIN_AGE, f"age is under {MIN_AGE}"),
+        ("age_over_100", age > MAX_AGE, f"age is over {MAX_AGE}"),
+        ("unknown_orientation", orient.isNotNull() & ~orient.isin(*ORIENTATIONS),
+         f"sexual_orientation is not one of {', '.join(ORIENTATIONS)}"),
+    ]
+    if gender_filter:
+        rules.insert(3, ("unknown_gender", gender.isNull() | ~gender.isin(*GENDERS),
+                         f"gender is not one of {', '.join(GENDERS)}"))
+    return rules
+
+
+def apply_rules(df, rules):
+    """Add ``_rule`` and ``_reason``: the first rule each row breaks, or null."""
+    from pyspark.sql import functions as F
+    rule, reason = F.lit(None).cast("string"), F.lit(None).cast("string")
+    for name, bad, text in reversed(rules):
+        hit = F.coalesce(bad, F.lit(False))
+        rule = F.when(hit, F.lit(name)).otherwise(rule)
+        reason = F.when(hit, F.lit(text)).otherwise(reason)
+    return df.withColumn("_rule", rule).withColumn("_reason", reason)
+
+
+def mark_duplicates(df, key: str, order: str):
+    """Rows whose ``key`` was already seen earlier (by ``order``) break rule duplicate_id."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+    w = Window.partitionBy(key).orderBy(order)
+    n = F.when(F.col("_rule").isNull(), F.row_number().over(w))
+    dup = F.col("_rule").isNull() & (n > 1)
+    return (df.withColumn("_rule", F.when(dup, F.lit("duplicate_id")).otherwise(F.col("_rule")))
+            .withColumn("_reason", F.when(dup, F.lit(f"{key} appears more than once; the first row was kept"))
+                        .otherwise(F.col("_reason"))))
+
+
+def quarantine_rows(bad, source: str, run_id: str, keep_corrupt_text: bool = True):
+    """Quarantine table rows for the rows of ``bad`` (which carry ``_rule``/``_reason``)."""
+    from pyspark.sql import functions as F
+    cols = [c for c in bad.columns if c not in PRIVATE_COLUMNS and c not in ("_rule", "_reason")]
+    if not keep_corrupt_text and "_corrupt_record" in cols:
+        # An unparseable line may hold private columns we cannot separate out.
+        bad = bad.withColumn("_corrupt_record", F.when(F.col("_corrupt_record").isNotNull(),
+                                                       F.lit("<withheld: line may hold private columns>")))
+    return bad.select(
+        F.lit(run_id).alias("run_id"), F.lit(source).alias("source"), F.col("_rule").alias("rule"),
+        F.col("_reason").alias("reason"), F.to_json(F.struct(*[F.col(f"`{c}`") for c in cols])).alias("raw"),
+        F.current_timestamp().alias("quarantined_at"))
+
+
+def height_in_range(height_col):
+    """Heights outside [90, 250] cm are nulled (and counted): a typo, not a reason to lose a profile."""
+    from pyspark.sql import functions as F
+    return F.when((height_col >= MIN_HEIGHT_CM) & (height_col <= MAX_HEIGHT_CM), height_col)
