@@ -62,7 +62,9 @@ def compatibility_col():
     common = F.array_intersect(F.map_keys(ua), F.map_keys(pa))
     equal = F.size(F.filter(common, lambda k: F.element_at(ua, k) == F.element_at(pa, k)))
     attr = F.when(F.size(common) > 0, equal / F.size(common)).otherwise(F.lit(0.0))
-    age = F.coalesce(F.least(F.abs(F.col("u_age") - F.col("p_age")) / 10.0, F.lit(2.0)), F.lit(0.0))
+    # least() skips nulls, so a missing age must be handled before it.
+    gap = F.abs(F.col("u_age") - F.col("p_age")) / 10.0
+    age = F.when(gap.isNotNull(), F.least(gap, F.lit(2.0))).otherwise(F.lit(0.0))
     return (W_GROUP * same("group_id") + W_INTERESTS * jaccard("interests") + W_GENRES * jaccard("genres")
             - W_AGE * age + W_GOAL * same("relationship_goal") + W_EDU * same("education_level")
             + W_DRINK * same("drinking_habits") + W_SMOKE * same("smoking_habits") + W_ATTR * attr)

@@ -34,6 +34,12 @@ class Preprocessor:
     multi_hot: dict = field(default_factory=dict)  # field -> [values]
     numeric: dict = field(default_factory=dict)  # field -> [mean, std]
 
+    def __post_init__(self):
+        # The vector layout follows key order: make it canonical (sorted), so a preprocessor
+        # read back from JSON lays out vectors exactly as the one that was fitted.
+        for name in ("categorical", "attributes", "multi_hot", "numeric"):
+            setattr(self, name, dict(sorted(getattr(self, name).items())))
+
     # --- layout ---------------------------------------------------------------------
     @property
     def dim(self) -> int:

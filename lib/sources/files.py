@@ -21,7 +21,9 @@ def stage_csv(path: str, staging: str) -> str:
         raise UserError(f"input {path!r} is not a readable file; check source.path")
     if os.path.getsize(path) == 0:
         raise UserError(f"input file {path!r} is empty")
-    if not zipfile.is_zipfile(path):
+    with open(path, "rb") as f:
+        looks_zipped = f.read(4) == b"PK\x03\x04"
+    if not looks_zipped and not zipfile.is_zipfile(path):
         return os.path.abspath(path)
     try:
         with zipfile.ZipFile(path) as z:
@@ -55,7 +57,6 @@ def read_csv_with_position(spark, path: str, columns: list[str]):
     The position is exact however Spark splits the file: rows are counted per file block
     (from the hidden ``_metadata`` column) and offset by the blocks before them.
     """
-    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     ddl = ", ".join(f"`{c}` string" for c in columns) + f", {CORRUPT} string"
@@ -66,10 +67,14 @@ def read_csv_with_position(spark, path: str, columns: list[str]):
           .withColumn("_block", F.col("_metadata.file_block_start"))
           .withColumn("_mono", F.monotonically_increasing_id()))
     # Within one block rows keep file order, and so does monotonically_increasing_id.
-    blocks = (df.groupBy("_file", "_block").agg(F.count("*").alias("_n"), F.min("_mono").alias("_first"))
-              .withColumn("_offset", F.sum("_n").over(Window.orderBy("_file", "_block")
-                                                      .rowsBetween(Window.unboundedPreceding, -1)))
-              .fillna(0, ["_offset"]))
-    return (df.join(F.broadcast(blocks.select("_file", "_block", "_offset", "_first")), ["_file", "_block"])
-            .withColumn("_pos", F.col("_offset") + F.col("_mono") - F.col("_first"))
-            .drop("_file", "_block", "_mono", "_offset", "_first"))
+    # One row per file block reaches the driver (a handful per file, not per user).
+    blocks = sorted((r["_file"], r["_block"], r["_n"], r["_first"]) for r in
+                    df.groupBy("_file", "_block").agg(F.count("*").alias("_n"), F.min("_mono").alias("_first")).collect())
+    offsets, total = [], 0
+    for file, block, n, first in blocks:
+        offsets.append((file, block, total - first))  # _pos = _mono + (rows before the block - first id)
+        total += n
+    shift = spark.createDataFrame(offsets, "_file string, _block long, _shift long")
+    return (df.join(F.broadcast(shift), ["_file", "_block"])
+            .withColumn("_pos", F.col("_mono") + F.col("_shift"))
+            .drop("_file", "_block", "_mono", "_shift"))

@@ -14,7 +14,7 @@ MAPPED = {"age": "age", "sex": "gender", "orientation": "sexual_orientation", "d
           "smokes": "smoking_habits", "education": "education_level", "job": "job_title", "height": "height"}
 REQUIRED = ("age", "sex", "orientation")
 SEX = {"m": "male", "f": "female"}
-# Entities seen in the file; decoded so "doesn&rsquo;t" and "doesn't" are one value.
+# Entities seen in the file; decoded to plain ASCII so "doesn&rsquo;t" and "doesn't" are one value.
 ENTITIES = {"&rsquo;": "'", "&lsquo;": "'", "&ldquo;": '"', "&rdquo;": '"', "&quot;": '"', "&#39;": "'",
             "&lt;": "<", "&gt;": ">", "&hellip;": "...", "&amp;": "&"}
 INCH_CM = 2.54

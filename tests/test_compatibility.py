@@ -1,0 +1,48 @@
+import random
+
+import pytest
+
+from lib.compatibility import PAIR_FIELDS, compatibility, compatibility_col
+
+A = {"group_id": "bookworm", "interests": ["reading", "chess", "coffee"], "genres": ["jazz", "classical"],
+     "age": 30, "relationship_goal": "long-term", "education_level": "masters", "drinking_habits": "socially",
+     "smoking_habits": "never", "attributes": {"religion": "atheism", "diet": "vegan", "pets": "has cats"}}
+B = {"group_id": "bookworm", "interests": ["reading", "coffee", "hiking"], "genres": ["jazz"],
+     "age": 36, "relationship_goal": "casual", "education_level": "masters", "drinking_habits": "socially",
+     "smoking_habits": "regularly", "attributes": {"religion": "atheism", "diet": "anything", "sign": "leo"}}
+
+
+def test_hand_worked_pair():
+    # group 1.0 + interests 1.0*2/4 + genres 0.5*1/2 - age 0.5*0.6 + goal 0 + education 0.2
+    # + drinking 0.15 + smoking 0 + attributes 0.6 * 1/2 (religion equal, diet not; sign/pets not shared)
+    expected = 1.0 + 0.5 + 0.25 - 0.3 + 0.0 + 0.2 + 0.15 + 0.0 + 0.3
+    assert compatibility(A, B) == pytest.approx(expected)
+    assert compatibility(B, A) == pytest.approx(expected)
+
+
+def test_missing_fields_count_as_no_match():
+    empty = {f: None for f in PAIR_FIELDS}
+    assert compatibility(empty, empty) == 0.0
+    # Large age gaps are capped at 20 years.
+    assert compatibility({"age": 20}, {"age": 80}) == pytest.approx(-1.0)
+
+
+def test_spark_twin_equals_python(spark):
+    rng = random.Random(3)
+    vocab = ["a", "b", "c", "d", "e"]
+
+    def person():
+        return {"group_id": rng.choice(["x", "y", None]), "interests": rng.sample(vocab, rng.randint(0, 4)),
+                "genres": rng.choice([None, rng.sample(vocab, 2)]), "age": rng.choice([None, rng.randint(18, 70)]),
+                "relationship_goal": rng.choice(["lt", "c", None]), "education_level": rng.choice(["m", "b"]),
+                "drinking_habits": rng.choice(["s", "n"]), "smoking_habits": rng.choice(["n", None]),
+                "attributes": rng.choice([None, {k: rng.choice("pq") for k in rng.sample(vocab, 3)}])}
+    pairs = [(person(), person()) for _ in range(200)]
+    ddl = ("group_id string, interests array<string>, genres array<string>, age int, relationship_goal string, "
+           "education_level string, drinking_habits string, smoking_habits string, attributes map<string,string>")
+    cols = [c.strip().split(" ")[0] for c in ddl.split(", ")]
+    schema = ", ".join([f"u_{c}" for c in ddl.split(", ")] + [f"p_{c}" for c in ddl.split(", ")])
+    rows = [tuple(u[c] for c in cols) + tuple(p[c] for c in cols) for u, p in pairs]
+    got = [r[0] for r in spark.createDataFrame(rows, schema).select(compatibility_col()).collect()]
+    for (u, p), g in zip(pairs, got):
+        assert g == pytest.approx(compatibility(u, p), abs=1e-9)

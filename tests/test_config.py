@@ -1,0 +1,66 @@
+import pytest
+
+from lib.config import load_config
+from lib.errors import UserError
+from tests.conftest import ROOT
+
+LOCAL = f"{ROOT}/conf/local.yaml"
+
+
+def test_local_yaml_is_the_documented_default():
+    cfg = load_config(LOCAL)
+    assert cfg.spark.master == "local[2]"
+    assert cfg.lake.path == "./lake"
+    assert cfg.source.kind == "synthetic" and cfg.source.num_profiles == 5000
+    assert cfg.match.k == 50
+    assert cfg.synthesize.holdout_fraction == 0.2
+    assert cfg.train.num_proc == 2
+
+
+def test_set_overrides_are_typed():
+    cfg = load_config(LOCAL, ["train.epochs=3", "train.learning_rate=0.5", "source.gender_filter=false",
+                              "train.hidden_units=[32, 16]", "lake.path=/tmp/x", "spark.conf.spark.foo=bar"])
+    assert cfg.train.epochs == 3 and isinstance(cfg.train.epochs, int)
+    assert cfg.train.learning_rate == 0.5
+    assert cfg.source.gender_filter is False
+    assert cfg.train.hidden_units == [32, 16]
+    assert cfg.lake.path == "/tmp/x"
+    assert cfg.spark.conf["spark.foo"] == "bar"
+
+
+@pytest.mark.parametrize("override, words", [
+    ("train.epochs=many", "expects int"),
+    ("train.epochz=3", "unknown config key 'train.epochz'"),
+    ("nosection.x=1", "unknown config key 'nosection'"),
+    ("train=3", "is a section"),
+    ("lake.path", "expected key=value"),
+    ("match.k=0", "match.k must be positive"),
+    ("source.kind=mysql", "source.kind 'mysql' is not one of"),
+    ("source.kind=okcupid", "needs a file"),
+    ("synthesize.holdout_fraction=1.5", "must be in [0, 1)"),
+    ("source.gender_filter=maybe", "expects bool"),
+])
+def test_bad_overrides_name_the_problem(override, words):
+    with pytest.raises(UserError, match=None) as e:
+        load_config(LOCAL, [override])
+    assert words in str(e.value)
+
+
+def test_unknown_key_in_file(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  epochs: 2\n  learning_rat: 0.1\n")
+    with pytest.raises(UserError) as e:
+        load_config(str(p))
+    assert "train.learning_rat" in str(e.value)
+
+
+def test_missing_and_broken_files(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_config(str(tmp_path / "nope.yaml"))
+    p = tmp_path / "bad.yaml"
+    p.write_text("train: [unclosed\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_config(str(p))
+    p.write_text("- a list\n")
+    with pytest.raises(UserError, match="must be a mapping"):
+        load_config(str(p))
