@@ -15,15 +15,17 @@ import sys
 import time
 import warnings
 
-from lib.errors import UserError
+from lib.errors import CheckFailed, UserError
 
 # The project folder (spark-submit.sh sets TWOTOWER_HOME; lib may run from a zip).
 ROOT = os.environ.get("TWOTOWER_HOME") or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = ("ingest", "synthesize", "features", "train", "embed", "index", "match", "evaluate")
+# What `pipeline` runs: every stage, then the audit of the published matches.
+PIPELINE = STAGES + ("audit",)
 # stage -> module with run(spark, cfg, run_id) -> dict
 MODULES = {"ingest": "lib.ingest", "synthesize": "lib.synthesize", "features": "lib.features.job",
            "train": "lib.train.job", "embed": "lib.embed", "index": "lib.index", "match": "lib.match",
-           "evaluate": "lib.evaluate"}
+           "evaluate": "lib.evaluate", "audit": "lib.audit"}
 log = logging.getLogger("twotower")
 
 
@@ -99,6 +101,9 @@ def main(stages: list, job: str | None = None, argv: list | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except CheckFailed as e:
+        print(f"check failed: {e}", file=sys.stderr)
+        return 1
     log.info("%s finished in %.1fs (run %s, lake %s)", job, time.time() - started, run_id,
              os.path.abspath(cfg.lake.path))
     return 0

@@ -104,17 +104,9 @@ SOURCE_KINDS = ("synthetic", "okcupid")
 
 def load_config(path: str | None, overrides: list[str] = ()) -> Config:
     """Read ``path`` (YAML) and apply ``key=value`` overrides; raise UserError on any problem."""
-    raw: dict = {}
-    if path:
-        if not os.path.isfile(path):
-            raise UserError(f"config file {path!r} not found; pass an existing YAML file to --conf")
-        try:
-            with open(path, encoding="utf-8") as f:
-                raw = yaml.safe_load(f) or {}
-        except yaml.YAMLError as e:
-            raise UserError(f"config file {path!r} is not valid YAML: {str(e).splitlines()[0]}") from None
-        if not isinstance(raw, dict):
-            raise UserError(f"config file {path!r} must be a mapping of sections, not {type(raw).__name__}")
+    raw: dict = read_yaml(path, "config file", "pass an existing YAML file to --conf") if path else {}
+    if not isinstance(raw, dict):
+        raise UserError(f"config file {path!r} must be a mapping of sections, not {type(raw).__name__}")
     cfg = _build(Config, raw, "")
     for item in overrides:
         if "=" not in item:
@@ -123,6 +115,17 @@ def load_config(path: str | None, overrides: list[str] = ()) -> Config:
         _set(cfg, key.strip(), value)
     _check(cfg)
     return cfg
+
+
+def read_yaml(path: str, what: str, hint: str):
+    """The YAML document in ``path`` (None when empty); a missing or broken file is a UserError."""
+    if not os.path.isfile(path):
+        raise UserError(f"{what} {path!r} not found; {hint}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return yaml.safe_load(f)
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise UserError(f"{what} {path!r} is not valid YAML: {str(e).splitlines()[0]}") from None
 
 
 def _build(cls, raw: dict, prefix: str):

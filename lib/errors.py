@@ -7,3 +7,7 @@ other exception is a bug and keeps its trace.
 
 class UserError(Exception):
     """Something the person running the job can fix; the message says what and how."""
+
+
+class CheckFailed(Exception):
+    """An output failed a correctness check (a bug, not a user's mistake): one line, exit 1."""

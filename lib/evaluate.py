@@ -83,7 +83,7 @@ def run(spark, cfg: Config, run_id: str) -> dict:
     path = os.path.join(lake.artifact_dir(cfg.lake.path, "reports", run_id), "metrics.json")
     lake.write_json_atomic(path, report)
     print(format_table(results, k, users))
-    return {"report": path, "users_evaluated": users,
+    return {"model_version": mv, "report": path, "users_evaluated": users,
             **{f"{name}_recall": round(v["recall"], 4) for name, v in results.items()}}
 
 

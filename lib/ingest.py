@@ -8,23 +8,13 @@ from lib import lake
 from lib.config import Config
 from lib.errors import UserError
 from lib.ids import stable_uuid_col
-from lib.schema import MUSIC_DDL, PROFILES_DDL, _split_ddl, looking_for_col, looking_for_defaulted_col
+from lib.schema import MUSIC_DDL, PROFILES_DDL, conform, looking_for_col, looking_for_defaulted_col
 from lib.validate import apply_rules, height_in_range, mark_duplicates, profile_rules, quarantine_rows
 
 log = logging.getLogger(__name__)
 
 # Columns whose change makes an upsert rewrite the row (not the bookkeeping ones).
 _BOOKKEEPING = ("updated_at", "ingest_run_id", "content_hash")
-
-
-def conform(df, ddl: str):
-    """Select the columns of ``ddl`` in order with its types; absent ones become nulls."""
-    from pyspark.sql import functions as F
-    out = []
-    for part in _split_ddl(ddl):
-        name, typ = part.strip().split(" ", 1)
-        out.append((F.col(name) if name in df.columns else F.lit(None)).cast(typ).alias(name))
-    return df.select(*out)
 
 
 def profile_candidates(spark, cfg: Config, run_id: str):

@@ -45,6 +45,13 @@ def read_table(spark, lake: str, name: str, hint: str = ""):
     return spark.read.format("delta").load(table_path(lake, name))
 
 
+def read_table_or_empty(spark, lake: str, name: str, ddl: str):
+    """The table, or an empty DataFrame of ``ddl`` when the source has none (e.g. no music)."""
+    if table_exists(spark, lake, name):
+        return spark.read.format("delta").load(table_path(lake, name))
+    return spark.createDataFrame([], ddl)
+
+
 def write_table(df, lake: str, name: str, mode: str = "overwrite", replace_where: str | None = None,
                 partition_by: list[str] | None = None) -> None:
     """One atomic Delta commit. ``replace_where`` overwrites just the matching rows."""

@@ -43,6 +43,16 @@ def _split_ddl(ddl: str) -> list[str]:
     return out + [cur]
 
 
+def conform(df, ddl: str):
+    """Select the columns of ``ddl`` in order with its types; absent ones become nulls."""
+    from pyspark.sql import functions as F
+    out = []
+    for part in _split_ddl(ddl):
+        name, typ = part.strip().split(" ", 1)
+        out.append((F.col(name) if name in df.columns else F.lit(None)).cast(typ).alias(name))
+    return df.select(*out)
+
+
 def derive_looking_for(gender: str | None, orientation: str | None) -> tuple[list[str], bool]:
     """Genders a person seeks when the profile does not say; and whether it was a default.
 

@@ -17,7 +17,7 @@ from lib.compatibility import PAIR_FIELDS, compatibility_col, gaussian_noise_col
 from lib.config import Config
 from lib.eligibility import active_profiles, pool_key_col
 from lib.errors import UserError
-from lib.schema import INTERACTIONS_DDL
+from lib.schema import INTERACTIONS_DDL, MUSIC_DDL, conform
 
 SLOT_SIZE = 2  # profiles per random slot: each draw brings about this many candidates
 
@@ -98,9 +98,7 @@ def run(spark, cfg: Config, run_id: str) -> dict:
     from pyspark.sql import functions as F
     syn = cfg.synthesize
     profiles = lake.read_table(spark, cfg.lake.path, "profiles", "ingest")
-    music = (lake.read_table(spark, cfg.lake.path, "music_preferences")
-             if lake.table_exists(spark, cfg.lake.path, "music_preferences")
-             else spark.createDataFrame([], "user_id string, genre string"))
+    music = lake.read_table_or_empty(spark, cfg.lake.path, "music_preferences", MUSIC_DDL)
     active = active_profiles(profiles).select("id", "gender", "looking_for", *[
         f for f in PAIR_FIELDS if f != "genres"]).cache()
     pairs = sample_candidates(active, syn.candidate_draws, syn.seed, cfg.source.gender_filter)
@@ -109,7 +107,6 @@ def run(spark, cfg: Config, run_id: str) -> dict:
             .withColumn("source", F.lit("synthetic"))
             .withColumn("created_at", F.current_timestamp())
             .withColumn("run_id", F.lit(run_id)))
-    from lib.ingest import conform
     rows = conform(rows, INTERACTIONS_DDL)
     if lake.table_exists(spark, cfg.lake.path, "interactions"):
         lake.write_table(rows, cfg.lake.path, "interactions", replace_where="source = 'synthetic'")

@@ -13,11 +13,25 @@ cache="${TWOTOWER_CACHE:-$HOME/.cache/twotower}"
 python="${PYTHON:-python3.11}"
 log() { echo "[bootstrap] $*" >&2; }
 
+# System packages: Java 17 for Spark 4, Maven for the jars (installed when missing and we may).
+missing=()
+command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null || missing+=(maven)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "installing ${missing[*]} with apt-get"
+    apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
+  else
+    echo "error: ${missing[*]} not found; install Java 17 and Maven" >&2; exit 2
+  fi
+fi
 command -v "$python" >/dev/null || { echo "error: $python not found; install Python 3.11 or set PYTHON=/path/to/python3.11" >&2; exit 2; }
-command -v java >/dev/null || { echo "error: java not found; install a JDK 17 (Spark 4 needs Java 17+)" >&2; exit 2; }
 
 # --- Python environment -------------------------------------------------------------
-key=$(cat "$root/requirements.txt" "$root/scripts/bootstrap.sh" | sha256sum | cut -c1-16)
+# The cache key: the pinned requirements and how Horovod is built. Change HOROVOD_RECIPE
+# when the build below changes, so that caches are rebuilt.
+HOROVOD_RECIPE="horovod==0.28.1 tensorflow gloo cpu-ops:gloo no-mpi"
+key=$( (cat "$root/requirements.txt"; echo "$HOROVOD_RECIPE") | sha256sum | cut -c1-16)
 venv="$cache/venv-$key"
 if [ ! -f "$venv/.complete" ]; then
   log "building Python environment $venv (first run: about 10 minutes)"
@@ -34,9 +48,11 @@ if [ ! -f "$venv/.complete" ]; then
   HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 HOROVOD_CPU_OPERATIONS=GLOO \
   CMAKE_POLICY_VERSION_MINIMUM=3.5 MAKEFLAGS="-j$(nproc)" \
     "$venv/bin/pip" install --quiet --no-cache-dir --no-build-isolation horovod==0.28.1
-  "$venv/bin/python" -c "import horovod.tensorflow as hvd, petastorm, faiss, pyspark, delta, deltalake" \
+  TF_CPP_MIN_LOG_LEVEL=3 "$venv/bin/python" -c "import horovod.tensorflow as hvd, petastorm, faiss, pyspark, delta, deltalake" \
     || { echo "error: the Python environment at $venv does not import; see the pip output above" >&2; exit 1; }
   touch "$venv/.complete"
+  # Older environments of this project are not needed any more.
+  find "$cache" -maxdepth 1 -name 'venv-*' ! -name "venv-$key" -exec rm -rf {} + 2>/dev/null || true
 fi
 if [ "$(readlink "$root/.venv" 2>/dev/null)" != "$venv" ]; then
   rm -rf "$root/.venv"

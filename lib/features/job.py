@@ -7,6 +7,7 @@ from lib import lake
 from lib.config import Config
 from lib.features.fit import feature_inputs, fit_preprocessor
 from lib.features.preprocessor import Preprocessor
+from lib.schema import MUSIC_DDL
 
 FEATURES_DDL = "id string, features array<float>"
 
@@ -30,9 +31,7 @@ def transform(inputs, pre: Preprocessor):
 def run(spark, cfg: Config, run_id: str) -> dict:
     from pyspark.sql import functions as F
     profiles = lake.read_table(spark, cfg.lake.path, "profiles", "ingest")
-    music = (lake.read_table(spark, cfg.lake.path, "music_preferences")
-             if lake.table_exists(spark, cfg.lake.path, "music_preferences")
-             else spark.createDataFrame([], "user_id string, genre string"))
+    music = lake.read_table_or_empty(spark, cfg.lake.path, "music_preferences", MUSIC_DDL)
     inputs = feature_inputs(profiles, music)
     pre = fit_preprocessor(inputs, run_id, cfg.features.max_categories, cfg.features.max_multi_hot)
     pre.save(preprocessor_path(cfg.lake.path, run_id))

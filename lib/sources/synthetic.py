@@ -7,11 +7,9 @@ Generation runs on the executors (``mapInPandas`` over ``spark.range``).
 from __future__ import annotations
 
 import datetime as dt
-import os
-
 import numpy as np
-import yaml
 
+from lib.config import read_yaml
 from lib.errors import UserError
 from lib.ids import stable_uuid
 
@@ -24,13 +22,9 @@ _DIST_KEYS = ("gender", "orientation", "relationship_goal", "drinking_habits", "
 
 def load_archetypes(path: str) -> dict:
     """Read and check the archetype file; returns {'defaults': {...}, 'archetypes': {...}}."""
-    if not os.path.isfile(path):
-        raise UserError(f"archetype file {path!r} not found; set source.archetypes_file")
-    try:
-        with open(path, encoding="utf-8") as f:
-            spec = yaml.safe_load(f) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"archetype file {path!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+    spec = read_yaml(path, "archetype file", "set source.archetypes_file") or {}
+    if not isinstance(spec, dict):
+        raise UserError(f"archetype file {path!r} must be a mapping with 'defaults' and 'archetypes'")
     groups = spec.get("archetypes") or {}
     if not isinstance(groups, dict) or not groups:
         raise UserError(f"archetype file {path!r} defines no archetypes")

@@ -1,0 +1,38 @@
+"""Bad input through the real command line: one clear line, non-zero exit, no trace, lake untouched."""
+import os
+import subprocess
+
+import pytest
+
+from tests.conftest import ROOT
+
+SUBMIT = os.path.join(ROOT, "spark-submit.sh")
+
+
+def submit(*args, cwd=ROOT):
+    p = subprocess.run([SUBMIT, *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+    return p.returncode, p.stdout + p.stderr
+
+
+def error_lines(output):
+    return [line for line in output.splitlines() if line.startswith("error:")]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["nosuchjob"], "unknown job 'nosuchjob'"),
+    (["ingest", "--set", "train.epochz=2"], "unknown config key 'train.epochz'"),
+    (["ingest", "--set", "match.k=ten"], "config key 'match.k' expects int"),
+    (["ingest", "--conf", "/nonexistent.yaml"], "not found"),
+    (["ingest", "--set", "source.kind=okcupid", "--set", "source.path=/nonexistent.csv.zip"], "not found"),
+    (["train"], "run 'features' first"),
+])
+def test_user_mistakes_give_one_line(tmp_path, args, words):
+    lake_dir = str(tmp_path / "lake")
+    rc, out = submit(*args, "--set", f"lake.path={lake_dir}")
+    assert rc == 2, out
+    errors = error_lines(out)
+    assert len(errors) == 1 and words in errors[0], out
+    assert "Traceback" not in out
+    # Nothing was written: no table, no half-written folder.
+    leftovers = [p for p in os.listdir(lake_dir)] if os.path.isdir(lake_dir) else []
+    assert leftovers == [], leftovers
