@@ -35,11 +35,11 @@ def profile_candidates(spark, cfg: Config, run_id: str):
         return cands, music, True
     if src.kind == "okcupid":
         from lib.sources.okcupid import read_okcupid
-        raw = read_okcupid(spark, src.path, lake.staging_dir(cfg.lake.path, run_id))
+        raw, keep_text = read_okcupid(spark, src.path, lake.staging_dir(cfg.lake.path, run_id))
         cands = (raw.withColumn("id", stable_uuid_col(F.col("_id_name")))
                  .withColumn("age", F.when(F.col("_age_raw").rlike(r"^\s*-?\d{1,4}\s*$"),
                                            F.col("_age_raw").cast("int"))))
-        return cands, None, True
+        return cands, None, keep_text
     raise UserError(f"source.kind {src.kind!r} is not supported")
 
 

@@ -61,14 +61,16 @@ def quarantine_rows(bad, source: str, run_id: str, keep_corrupt_text: bool = Tru
     """Quarantine table rows for the rows of ``bad`` (which carry ``_rule``/``_reason``)."""
     from pyspark.sql import functions as F
     cols = [c for c in bad.columns if c not in PRIVATE_COLUMNS and c not in ("_rule", "_reason")]
+    raw = F.to_json(F.struct(*[F.col(f"`{c}`") for c in cols]))
     if not keep_corrupt_text and "_corrupt_record" in cols:
-        # An unparseable line may hold private columns we cannot separate out.
-        bad = bad.withColumn("_corrupt_record", F.when(F.col("_corrupt_record").isNotNull(),
-                                                       F.lit("<withheld: line may hold private columns>")))
+        # The fields of an unparseable line may have shifted, so a name can sit in any of
+        # them: keep only where the line was, never its text.
+        where = [F.col(c) for c in ("_pos", "id") if c in cols]
+        withheld = F.to_json(F.struct(*where, F.lit("<withheld: line may hold private columns>").alias("_corrupt_record")))
+        raw = F.when(F.col("_corrupt_record").isNotNull(), withheld).otherwise(raw)
     return bad.select(
         F.lit(run_id).alias("run_id"), F.lit(source).alias("source"), F.col("_rule").alias("rule"),
-        F.col("_reason").alias("reason"), F.to_json(F.struct(*[F.col(f"`{c}`") for c in cols])).alias("raw"),
-        F.current_timestamp().alias("quarantined_at"))
+        F.col("_reason").alias("reason"), raw.alias("raw"), F.current_timestamp().alias("quarantined_at"))
 
 
 def height_in_range(height_col):

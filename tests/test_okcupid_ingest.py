@@ -153,3 +153,17 @@ def test_bad_files_give_one_clear_error(spark, lake_dir, tmp_path, content, word
         ingest.run(spark, cfg, "r1")
     assert words in str(e.value)
     assert not lake.table_exists(spark, lake_dir, "profiles")
+
+
+def test_private_columns_never_become_attributes(spark, lake_dir, tmp_path):
+    rows = open(OKCUPID_SAMPLE, encoding="utf-8").read().splitlines()
+    path = tmp_path / "with_names.csv"
+    body = [f'{r},Person {i},"likes secret things",http://x.invalid/{i}.jpg' for i, r in enumerate(rows[1:30])]
+    body.append("16,broken line with Person Z")  # malformed: its text may hold a name
+    path.write_text("\n".join([rows[0] + ",name,bio,avatar_url"] + body) + "\n", encoding="utf-8")
+    ingest.run(spark, okc_cfg(lake_dir, path), "r1")
+    got = lake.read_table(spark, lake_dir, "profiles").collect()
+    assert got and all(not {"name", "bio", "avatar_url"} & set(p["attributes"] or {}) for p in got)
+    assert {p["name"] for p in got} <= {f"Person {i}" for i in range(30)}  # kept in the profile's own column
+    q = lake.read_table(spark, lake_dir, "quarantine").collect()
+    assert q and not any("Person" in r["raw"] or "secret" in r["raw"] for r in q)

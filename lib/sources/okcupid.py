@@ -7,11 +7,15 @@ content cannot identify a row). Columns the schema has no field for are kept in
 from __future__ import annotations
 
 from lib.errors import UserError
+from lib.schema import PRIVATE_COLUMNS
 from lib.sources.files import CORRUPT, read_csv_with_position, read_header, stage_csv
 
-# OkCupid column -> profiles column (the rest go to ``attributes``).
+# OkCupid column -> profiles column (the rest go to ``attributes``). A file with names,
+# photos or bios keeps them in their own columns, never among the attributes (features).
 MAPPED = {"age": "age", "sex": "gender", "orientation": "sexual_orientation", "drinks": "drinking_habits",
-          "smokes": "smoking_habits", "education": "education_level", "job": "job_title", "height": "height"}
+          "smokes": "smoking_habits", "education": "education_level", "job": "job_title", "height": "height",
+          **{c: c for c in PRIVATE_COLUMNS}}
+TEXT = ("drinking_habits", "smoking_habits", "education_level", "job_title") + PRIVATE_COLUMNS
 REQUIRED = ("age", "sex", "orientation")
 SEX = {"m": "male", "f": "female"}
 # Entities seen in the file; decoded to plain ASCII so "doesn&rsquo;t" and "doesn't" are one value.
@@ -28,8 +32,9 @@ def unescape_col(c):
 
 
 def read_okcupid(spark, path: str, staging: str):
-    """Raw OkCupid rows mapped to the profiles schema (unvalidated), with ``_pos`` and
-    ``_corrupt_record``. Validation happens in ``lib.validate``."""
+    """(raw OkCupid rows mapped to the profiles schema (unvalidated) with ``_pos`` and
+    ``_corrupt_record``, whether a malformed line's text may be kept in quarantine).
+    Validation happens in ``lib.validate``."""
     from pyspark.sql import functions as F
 
     csv_path = stage_csv(path, staging)
@@ -50,6 +55,7 @@ def read_okcupid(spark, path: str, staging: str):
         lambda s: s["v"].isNotNull())) if extras else F.create_map().cast("map<string,string>")
     height_in = clean("height").try_cast("double") if "height" in header else F.lit(None).cast("double")
     sex = F.lower(clean("sex"))
+    private = any(c in header for c in PRIVATE_COLUMNS)
     return raw.select(
         F.concat(F.lit("okcupid:row:"), F.col("_pos").cast("string")).alias("_id_name"),
         F.lit(None).cast("timestamp").alias("created_at"),
@@ -58,9 +64,8 @@ def read_okcupid(spark, path: str, staging: str):
         F.coalesce(F.element_at(F.create_map(*[F.lit(x) for kv in SEX.items() for x in kv]), sex), sex)
         .alias("gender"),
         F.lower(clean("orientation")).alias("sexual_orientation"),
-        *[clean(src).alias(dst) for src, dst in MAPPED.items()
-          if dst in ("drinking_habits", "smoking_habits", "education_level", "job_title") and src in header],
+        *[clean(src).alias(dst) for src, dst in MAPPED.items() if dst in TEXT and src in header],
         F.round(height_in * INCH_CM, 1).alias("height"),
         attrs.alias("attributes"),
         F.col("_pos"), F.col(CORRUPT),
-    )
+    ), not private
