@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -202,8 +203,18 @@ def _set(cfg: Config, key: str, value: str) -> None:
         obj = nxt
 
 
+_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
 def _check(cfg: Config) -> None:
     """Range checks that a type alone cannot express."""
+    for name, value in (("run_id", cfg.run_id), ("model_version", cfg.model_version)):
+        # They name folders in the lake and go into Delta predicates: no paths, no quotes.
+        if value and (not _VERSION_RE.match(value) or ".." in value):
+            raise UserError(f"{name} {value!r} may hold only letters, digits, '_', '-' and '.' (no '..'), "
+                            "like 20261203T131100Z-ab12cd")
+    if not cfg.lake.path.strip():
+        raise UserError("lake.path is empty; give a folder, e.g. --set lake.path=./lake")
     if cfg.source.kind not in SOURCE_KINDS:
         raise UserError(f"source.kind {cfg.source.kind!r} is not one of {', '.join(SOURCE_KINDS)}")
     if cfg.source.kind != "synthetic" and not cfg.source.path:

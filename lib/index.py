@@ -16,6 +16,7 @@ import os
 from lib import lake
 from lib.config import Config
 from lib.eligibility import active_profiles
+from lib.errors import UserError
 
 MANIFEST = "manifest.json"
 _SUMMARY_DDL = "shard int, count long, file string, ids_file string, sha256 string"
@@ -74,6 +75,9 @@ def run(spark, cfg: Config, run_id: str) -> dict:
                                      seeks_key_col(gf).alias("seeks")), "profile_id")
             .join(popularity, "profile_id", "left").fillna(0, ["popularity"]))
     groups = [(r["g"], r["seeks"], r["count"]) for r in rows.groupBy("g", "seeks").count().collect()]
+    if not groups:
+        raise UserError(f"no active profile has an embedding of model {mv}; run 'embed' (and check that "
+                        "profiles with setup_complete exist)")
     plan = plan_shards(groups, cfg.index.max_shard_size)
     # Shard of a row: its group (gender, seeks), then a hash bucket within the group.
     group = F.concat_ws("#", "g", "seeks")

@@ -39,6 +39,9 @@ def test_set_overrides_are_typed():
     ("source.kind=okcupid", "needs a file"),
     ("synthesize.holdout_fraction=1.5", "must be in [0, 1)"),
     ("source.gender_filter=maybe", "expects bool"),
+    ("run_id=../../escape", "run_id '../../escape' may hold only"),
+    ("model_version=x' or '1'='1", "may hold only"),
+    ("lake.path=", "lake.path is empty"),
 ])
 def test_bad_overrides_name_the_problem(override, words):
     with pytest.raises(UserError, match=None) as e:
