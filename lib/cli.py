@@ -60,6 +60,7 @@ def run_stages(spark, cfg, stages, run_id: str) -> dict:
         except BaseException:
             cleanup_run(cfg.lake.path, run_id)
             raise
+        tidy(cfg.lake.path)
         info["seconds"] = round(time.time() - started, 1)
         lake.record_run(spark, cfg.lake.path, stage, run_id, info.get("model_version", ""), info)
         log.info("stage %s: done in %.1fs %s", stage, info["seconds"], _short(info))
@@ -73,9 +74,14 @@ def cleanup_run(lake_path: str, run_id: str) -> None:
     for path in (os.path.join(root, "models", run_id + ".tmp"), os.path.join(root, "indexes", run_id + ".tmp"),
                  os.path.join(root, "_staging", run_id), os.path.join(root, "_petastorm")):
         shutil.rmtree(path, ignore_errors=True)
-    for parent in ("_staging", "models", "indexes"):
+    tidy(lake_path)
+
+
+def tidy(lake_path: str) -> None:
+    """Remove the lake's working folders when they are empty."""
+    for parent in ("_staging", "_petastorm", "models", "indexes"):
         try:
-            os.rmdir(os.path.join(root, parent))  # only if empty
+            os.rmdir(os.path.join(os.path.abspath(lake_path), parent))  # only if empty
         except OSError:
             pass
 
@@ -94,6 +100,7 @@ def main(stages: list, job: str | None = None, argv: list | None = None) -> int:
         from lib.config import load_config
         cfg = load_config(args.conf, args.overrides)
         _resolve_paths(cfg)
+        lake.check_writable(cfg.lake.path)
         from lib.session import build_spark
         spark = build_spark(cfg)
         run_id = cfg.run_id or lake.new_run_id()
@@ -101,6 +108,10 @@ def main(stages: list, job: str | None = None, argv: list | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished stages are kept, the stage that was running left nothing behind",
+              file=sys.stderr)
+        return 130
     except CheckFailed as e:
         print(f"check failed: {e}", file=sys.stderr)
         return 1

@@ -6,6 +6,7 @@ is refused with a message naming it instead of being silently ignored.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import typing
@@ -105,7 +106,7 @@ SOURCE_KINDS = ("synthetic", "okcupid")
 
 def load_config(path: str | None, overrides: list[str] = ()) -> Config:
     """Read ``path`` (YAML) and apply ``key=value`` overrides; raise UserError on any problem."""
-    raw: dict = read_yaml(path, "config file", "pass an existing YAML file to --conf") if path else {}
+    raw: dict = (read_yaml(path, "config file", "pass an existing YAML file to --conf") or {}) if path else {}
     if not isinstance(raw, dict):
         raise UserError(f"config file {path!r} must be a mapping of sections, not {type(raw).__name__}")
     cfg = _build(Config, raw, "")
@@ -120,8 +121,10 @@ def load_config(path: str | None, overrides: list[str] = ()) -> Config:
 
 def read_yaml(path: str, what: str, hint: str):
     """The YAML document in ``path`` (None when empty); a missing or broken file is a UserError."""
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise UserError(f"{what} {path!r} not found; {hint}")
+    if not os.path.isfile(path):
+        raise UserError(f"{what} {path!r} is not a file; {hint}")
     try:
         with open(path, encoding="utf-8") as f:
             return yaml.safe_load(f)
@@ -160,13 +163,12 @@ def _coerce(tp, value: Any, name: str):
             except ValueError:
                 pass
     elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
+        try:
+            number = float(value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else None
+        except ValueError:
+            number = None
+        if number is not None and math.isfinite(number):
+            return number
     elif tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
@@ -236,13 +238,13 @@ def _check(cfg: Config) -> None:
     for name, value in positive.items():
         if value <= 0:
             raise UserError(f"{name} must be positive, got {value}")
-    if cfg.synthesize.negatives_per_user < 0:
-        raise UserError("synthesize.negatives_per_user must be 0 or more")
+    if cfg.synthesize.negatives_per_user < 0 or cfg.synthesize.noise < 0:
+        raise UserError("synthesize.negatives_per_user and synthesize.noise must be 0 or more")
     for name, value in (("synthesize.holdout_fraction", cfg.synthesize.holdout_fraction),
                         ("source.max_quarantine_fraction", cfg.source.max_quarantine_fraction)):
         if not 0.0 <= value < 1.0:
             raise UserError(f"{name} must be in [0, 1), got {value}")
     if cfg.train.temperature <= 0 or cfg.train.learning_rate <= 0:
         raise UserError("train.temperature and train.learning_rate must be positive")
-    if not all(isinstance(u, int) and u > 0 for u in cfg.train.hidden_units):
+    if not all(isinstance(u, int) and not isinstance(u, bool) and u > 0 for u in cfg.train.hidden_units):
         raise UserError(f"train.hidden_units must be a list of positive integers, got {cfg.train.hidden_units!r}")

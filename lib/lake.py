@@ -33,6 +33,24 @@ def new_run_id() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
 
 
+def check_writable(lake: str) -> None:
+    """Refuse a lake path that is a file or cannot be written, before any work is done."""
+    path = os.path.abspath(lake)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"lake.path {path} is a file, not a folder; give a folder")
+    probe_dir = path
+    while not os.path.exists(probe_dir):  # the nearest folder that exists must be writable
+        probe_dir = os.path.dirname(probe_dir)
+    if not os.path.isdir(probe_dir):
+        raise UserError(f"lake.path {path}: {probe_dir} is a file, not a folder")
+    try:
+        with open(os.path.join(probe_dir, f".write-test-{uuid.uuid4().hex[:8]}"), "w") as f:
+            name = f.name
+        os.remove(name)
+    except OSError as e:
+        raise UserError(f"lake.path {path} cannot be written ({e.strerror}); give a writable folder") from None
+
+
 def table_exists(spark, lake: str, name: str) -> bool:
     from delta.tables import DeltaTable
     return DeltaTable.isDeltaTable(spark, table_path(lake, name))

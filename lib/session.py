@@ -6,6 +6,7 @@ import os
 import sys
 
 from lib.config import Config
+from lib.errors import UserError
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,9 +49,22 @@ def build_spark(cfg: Config):
     settings.update({k: str(v) for k, v in cfg.spark.conf.items()})
     for key, value in settings.items():
         builder = builder.config(key, value)
-    spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel("WARN")
+    try:
+        spark = builder.getOrCreate()
+        # A bad setting (spark.master, a spark.* value) often only shows on first use.
+        spark.conf.get("spark.sql.shuffle.partitions")
+        spark.sparkContext.setLogLevel("WARN")
+    except Exception as e:  # noqa: BLE001 (Py4J and JVM errors have many types)
+        raise UserError(f"Spark could not start with these settings ({_cause(e)}); "
+                        "check spark.master and the spark.conf entries") from None
     return spark
+
+
+def _cause(e: Exception) -> str:
+    """The innermost JVM message of a Py4J error (e.g. 'Could not parse Master URL: ...')."""
+    lines = [ln.strip() for ln in str(e).splitlines() if "Exception: " in ln or "Error: " in ln]
+    text = lines[-1].split("Exception: ", 1)[-1].split("Error: ", 1)[-1] if lines else str(e).strip()
+    return (text or type(e).__name__)[:300]
 
 
 def _submitted() -> bool:

@@ -61,7 +61,7 @@ def quarantine_rows(bad, source: str, run_id: str, keep_corrupt_text: bool = Tru
     """Quarantine table rows for the rows of ``bad`` (which carry ``_rule``/``_reason``)."""
     from pyspark.sql import functions as F
     cols = [c for c in bad.columns if c not in PRIVATE_COLUMNS and c not in ("_rule", "_reason")]
-    raw = F.to_json(F.struct(*[F.col(f"`{c}`") for c in cols]))
+    raw = F.to_json(F.struct(*[F.col("`" + c.replace("`", "``") + "`") for c in cols]))
     if not keep_corrupt_text and "_corrupt_record" in cols:
         # The fields of an unparseable line may have shifted, so a name can sit in any of
         # them: keep only where the line was, never its text.

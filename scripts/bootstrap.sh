@@ -66,7 +66,7 @@ if [ ! -f "$jars/.complete-$jkey" ]; then
   command -v mvn >/dev/null || { echo "error: mvn not found; install Maven (apt-get install maven)" >&2; exit 2; }
   log "resolving JVM jars with Maven into build/jars"
   rm -rf "$jars"; mkdir -p "$jars"
-  (cd "$root" && mvn -q -B dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$jars") >&2 \
+  (cd "$root" && mvn -q -B -Dstyle.color=never dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$jars") >&2 \
     || { echo "error: Maven could not resolve the jars in pom.xml (is Maven Central reachable?)" >&2; exit 1; }
   touch "$jars/.complete-$jkey"
 fi

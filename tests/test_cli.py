@@ -25,6 +25,8 @@ def error_lines(output):
     (["ingest", "--conf", "/nonexistent.yaml"], "not found"),
     (["ingest", "--set", "source.kind=okcupid", "--set", "source.path=/nonexistent.csv.zip"], "not found"),
     (["train"], "run 'features' first"),
+    (["ingest", "--set", "spark.master=bogus"], "Could not parse Master URL: 'bogus'"),
+    (["ingest", "--set", "run_id=../.."], "may hold only"),
 ])
 def test_user_mistakes_give_one_line(tmp_path, args, words):
     lake_dir = str(tmp_path / "lake")
@@ -36,3 +38,11 @@ def test_user_mistakes_give_one_line(tmp_path, args, words):
     # Nothing was written: no table, no half-written folder.
     leftovers = [p for p in os.listdir(lake_dir)] if os.path.isdir(lake_dir) else []
     assert leftovers == [], leftovers
+
+
+def test_lake_path_that_is_a_file(tmp_path):
+    f = tmp_path / "afile"
+    f.write_text("keep me")
+    rc, out = submit("ingest", "--set", f"lake.path={f}")
+    assert rc == 2 and error_lines(out) == [f"error: lake.path {f} is a file, not a folder; give a folder"]
+    assert f.read_text() == "keep me"

@@ -137,13 +137,34 @@ def test_too_many_bad_rows_fails_and_leaves_profiles_as_they_were(spark, lake_di
     assert not os.path.exists(os.path.join(lake_dir, "_staging", "r2"))
 
 
+def test_corrupt_zip_data_is_an_error_not_a_crash(spark, lake_dir, tmp_path):
+    path = zipped(tmp_path)
+    data = bytearray(open(path, "rb").read())
+    data[200:260] = bytes(60)  # damage the compressed stream, not the zip's directory
+    open(path, "wb").write(bytes(data))
+    with pytest.raises(UserError, match="cannot be read"):
+        ingest.run(spark, okc_cfg(lake_dir, path), "r1")
+
+
+def test_utf8_bom_and_windows_line_ends_are_read(spark, lake_dir, tmp_path):
+    text = open(OKCUPID_SAMPLE, encoding="utf-8").read()
+    path = tmp_path / "excel.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode("utf-8"))
+    info = ingest.run(spark, okc_cfg(lake_dir, path), "r1")
+    assert info["rows_read"] == len(sample_rows())
+    got = profiles_by_id(spark, lake_dir)[stable_uuid("okcupid:row:0")]
+    assert got["age"] == int(sample_rows()[0]["age"]) and not got["attributes"]["status"].endswith("\r")
+
+
 @pytest.mark.parametrize("content, words", [
     (None, "not found"),
     (b"", "is empty"),
     (b"name,height\nx,3\n", "column(s) age, sex, orientation missing"),
     (b"PK\x03\x04broken zip", "cannot be read"),
     (b"\xff\xfe\x00bad", "not UTF-8"),
-])
+    (open(OKCUPID_SAMPLE, "rb").read() + "18,caf\u00e9,m\n".encode("latin-1"), "not UTF-8 text (first bad byte on line 503)"),
+    (b"age,sex,orientation,age\n30,m,straight,31\n", "column(s) age more than once"),
+], ids=["missing", "empty", "not-okcupid", "broken-zip", "binary", "latin1-late", "duplicate-column"])
 def test_bad_files_give_one_clear_error(spark, lake_dir, tmp_path, content, words):
     path = tmp_path / "input.csv"
     if content is not None:

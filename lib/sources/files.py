@@ -1,11 +1,13 @@
 """Reading exported files: zip or plain CSV, every row kept with its position in the file."""
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import os
 import shutil
 import zipfile
+import zlib
 
 from lib.errors import UserError
 
@@ -24,6 +26,7 @@ def stage_csv(path: str, staging: str) -> str:
     with open(path, "rb") as f:
         looks_zipped = f.read(4) == b"PK\x03\x04"
     if not looks_zipped and not zipfile.is_zipfile(path):
+        check_utf8(path, path)
         return os.path.abspath(path)
     try:
         with zipfile.ZipFile(path) as z:
@@ -33,22 +36,46 @@ def stage_csv(path: str, staging: str) -> str:
             out = os.path.join(staging, os.path.basename(members[0].filename))
             with z.open(members[0]) as src, open(out, "wb") as dst:
                 shutil.copyfileobj(src, dst, length=1 << 20)
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as e:
         raise UserError(f"zip file {path!r} cannot be read ({e}); re-export or re-download it") from None
+    check_utf8(out, path)
     return out
 
 
-def read_header(path: str) -> list[str]:
-    """The CSV's column names (only the first line is read)."""
+def check_utf8(path: str, shown: str) -> None:
+    """Refuse a file that is not UTF-8 anywhere in it (Spark would silently turn the bad
+    bytes into U+FFFD). Streams the file: memory stays constant whatever its size."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    line = 1
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as e:
+                line += chunk[:max(e.start, 0)].count(b"\n")
+                raise UserError(f"{shown!r} is not UTF-8 text (first bad byte on line {line}); "
+                                "export the CSV as UTF-8") from None
+            line += chunk.count(b"\n")
     try:
-        with open(path, encoding="utf-8", newline="") as f:
-            first = f.readline()
+        decoder.decode(b"", final=True)
     except UnicodeDecodeError:
-        raise UserError(f"{path!r} is not UTF-8 text; export the CSV as UTF-8") from None
+        raise UserError(f"{shown!r} ends in the middle of a UTF-8 character; export the CSV as UTF-8") from None
+
+
+def read_header(path: str) -> list[str]:
+    """The CSV's column names (only the first line is read; a UTF-8 byte order mark is skipped)."""
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        first = f.readline()
     if not first.strip():
         raise UserError(f"{path!r} has no header line")
-    header = next(csv.reader(io.StringIO(first)))
-    return [h.strip() for h in header]
+    header = [h.strip() for h in next(csv.reader(io.StringIO(first)))]
+    seen = {h for h in header if header.count(h) > 1}
+    if seen:
+        raise UserError(f"{path!r} has the column(s) {', '.join(sorted(seen))} more than once; "
+                        "give each column one name")
+    if any(h == "" for h in header):
+        raise UserError(f"{path!r} has a column without a name in its header")
+    return header
 
 
 def read_csv_with_position(spark, path: str, columns: list[str]):
@@ -59,7 +86,7 @@ def read_csv_with_position(spark, path: str, columns: list[str]):
     """
     from pyspark.sql import functions as F
 
-    ddl = ", ".join(f"`{c}` string" for c in columns) + f", {CORRUPT} string"
+    ddl = ", ".join(f"`{c.replace('`', '``')}` string" for c in columns) + f", {CORRUPT} string"
     df = (spark.read.option("header", "true").option("mode", "PERMISSIVE")
           .option("columnNameOfCorruptRecord", CORRUPT).option("multiLine", "false")
           .option("enforceSchema", "true").schema(ddl).csv(path)

@@ -46,7 +46,7 @@ def read_okcupid(spark, path: str, staging: str):
     raw = read_csv_with_position(spark, csv_path, header)
 
     def clean(name):
-        c = F.trim(unescape_col(F.col(f"`{name}`")))
+        c = F.trim(unescape_col(F.col("`" + name.replace("`", "``") + "`")))
         return F.when(c == "", None).otherwise(c)
 
     extras = [c for c in header if c not in MAPPED]
