@@ -6,4 +6,6 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 "$root/scripts/bootstrap.sh"
 cd "$root"
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-3}"
+# Petastorm warns at interpreter exit, after pytest has stopped filtering warnings.
+export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore::FutureWarning:petastorm.fs_utils}"
 exec "$root/.venv/bin/python" -m pytest -q -p no:cacheprovider tests "$@"

@@ -34,7 +34,7 @@ HOROVOD_RECIPE="horovod==0.28.1 tensorflow gloo cpu-ops:gloo no-mpi"
 key=$( (cat "$root/requirements.txt"; echo "$HOROVOD_RECIPE") | sha256sum | cut -c1-16)
 venv="$cache/venv-$key"
 if [ ! -f "$venv/.complete" ]; then
-  log "building Python environment $venv (first run: about 10 minutes)"
+  log "building Python environment $venv (first run only: about 4 minutes in all)"
   mkdir -p "$cache"
   rm -rf "$venv"
   "$python" -m venv "$venv"
@@ -43,7 +43,7 @@ if [ ! -f "$venv/.complete" ]; then
   # Horovod: built against the TensorFlow just installed (hence no build isolation),
   # Gloo only. The cmake wheel from PyPI (4.x) breaks Horovod's bundled gloo, so the
   # policy floor is set in case one is on PATH.
-  log "building horovod 0.28.1 (about 3 minutes)"
+  log "building horovod 0.28.1 from source"
   HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
   HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 HOROVOD_CPU_OPERATIONS=GLOO \
   CMAKE_POLICY_VERSION_MINIMUM=3.5 MAKEFLAGS="-j$(nproc)" \
