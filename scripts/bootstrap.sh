@@ -66,7 +66,10 @@ if [ ! -f "$jars/.complete-$jkey" ]; then
   command -v mvn >/dev/null || { echo "error: mvn not found; install Maven (apt-get install maven)" >&2; exit 2; }
   log "resolving JVM jars with Maven into build/jars"
   rm -rf "$jars"; mkdir -p "$jars"
-  (cd "$root" && mvn -q -B -Dstyle.color=never dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$jars") >&2 \
-    || { echo "error: Maven could not resolve the jars in pom.xml (is Maven Central reachable?)" >&2; exit 1; }
+  # Maven's output only matters when it fails (on success it prints bare colour codes).
+  mvnlog="$root/build/maven.log"
+  (cd "$root" && mvn -q -B -Dstyle.color=never dependency:copy-dependencies -DincludeScope=runtime \
+      -DoutputDirectory="$jars") > "$mvnlog" 2>&1 \
+    || { cat "$mvnlog" >&2; echo "error: Maven could not resolve the jars in pom.xml (is Maven Central reachable?)" >&2; exit 1; }
   touch "$jars/.complete-$jkey"
 fi
