@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from lib import lake
 from lib.config import Config
-from lib.eligibility import active_profiles, excluded_pairs
+from lib.eligibility import active_profiles, blocked_pairs, excluded_pairs
 from lib.errors import CheckFailed
 
 
@@ -26,10 +26,7 @@ def audit_matches(spark, cfg: Config) -> dict:
                       F.col("looking_for").alias("pl"), F.col("active").alias("p_active"))
     acted = inter.where(F.col("split") == "train").select("user_id", "profile_id").distinct() \
         .withColumn("acted", F.lit(True))
-    blocks = inter.where(F.col("event") == "block")
-    blocked = (blocks.select("user_id", "profile_id").unionByName(
-        blocks.select(F.col("profile_id").alias("user_id"), F.col("user_id").alias("profile_id")))
-        .distinct().withColumn("blocked", F.lit(True)))
+    blocked = blocked_pairs(inter).withColumn("blocked", F.lit(True))
     fit = F.array_contains("ul", F.col("pg")) & F.array_contains("pl", F.col("ug")) if gf else F.lit(True)
     rows = (matches.join(u, "user_id", "left").join(p, "profile_id", "left")
             .join(acted, ["user_id", "profile_id"], "left").join(blocked, ["user_id", "profile_id"], "left"))

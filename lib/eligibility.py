@@ -16,12 +16,18 @@ def pool_key_col(gender_filter: bool):
     return F.col("gender") if gender_filter else F.lit("all")
 
 
-def excluded_pairs(interactions):
-    """(user_id, profile_id) pairs never to recommend: everything the user acted on in the
-    training split, and every block in either direction (whatever the split)."""
+def blocked_pairs(interactions):
+    """(user_id, profile_id) pairs with a block in either direction (whatever the split)."""
     from pyspark.sql import functions as F
-    acted = interactions.where(F.col("split") == "train").select("user_id", "profile_id")
     blocks = interactions.where(F.col("event") == "block")
-    return (acted.unionByName(blocks.select("user_id", "profile_id"))
+    return (blocks.select("user_id", "profile_id")
             .unionByName(blocks.select(F.col("profile_id").alias("user_id"), F.col("user_id").alias("profile_id")))
             .distinct())
+
+
+def excluded_pairs(interactions):
+    """(user_id, profile_id) pairs never to recommend: everything the user acted on in the
+    training split, and every block in either direction."""
+    from pyspark.sql import functions as F
+    acted = interactions.where(F.col("split") == "train").select("user_id", "profile_id")
+    return acted.unionByName(blocked_pairs(interactions)).distinct()

@@ -63,9 +63,6 @@ def run(spark, cfg: Config, run_id: str) -> dict:
     for which, table, key in (("user", "user_embeddings", "user_id"), ("profile", "profile_embeddings", "profile_id")):
         emb = (embed(feats, model_dir, which).withColumnRenamed("id", key)
                .withColumn("model_version", F.lit(mv)).withColumn("run_id", F.lit(run_id)))
-        if lake.table_exists(spark, cfg.lake.path, table):
-            lake.write_table(emb, cfg.lake.path, table, replace_where=f"model_version = '{mv}'")
-        else:
-            lake.write_table(emb, cfg.lake.path, table, partition_by=["model_version"])
+        lake.replace_slice(spark, emb, cfg.lake.path, table, "model_version", mv)
         out[table] = lake.read_table(spark, cfg.lake.path, table).where(F.col("model_version") == mv).count()
     return {"model_version": mv, **out}

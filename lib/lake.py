@@ -83,6 +83,16 @@ def write_table(df, lake: str, name: str, mode: str = "overwrite", replace_where
     w.save(table_path(lake, name))
 
 
+def replace_slice(spark, df, lake: str, name: str, column: str, value: str, partitioned: bool = True) -> None:
+    """Replace the rows of ``name`` where ``column == value`` with ``df`` in one commit; the
+    first write creates the table (partitioned by ``column`` unless told otherwise).
+    ``value`` is a run id, model version or source name (checked plain names, no quotes)."""
+    if table_exists(spark, lake, name):
+        write_table(df, lake, name, replace_where=f"{column} = '{value}'")
+    else:
+        write_table(df, lake, name, partition_by=[column] if partitioned else None)
+
+
 # --- runs registry -----------------------------------------------------------------
 def record_run(spark, lake: str, stage: str, run_id: str, model_version: str, info: dict) -> None:
     """Append one row saying ``stage`` succeeded for ``run_id``; later stages read it."""

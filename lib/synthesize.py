@@ -108,14 +108,14 @@ def run(spark, cfg: Config, run_id: str) -> dict:
             .withColumn("created_at", F.current_timestamp())
             .withColumn("run_id", F.lit(run_id)))
     rows = conform(rows, INTERACTIONS_DDL)
-    if lake.table_exists(spark, cfg.lake.path, "interactions"):
-        lake.write_table(rows, cfg.lake.path, "interactions", replace_where="source = 'synthetic'")
-    else:
-        lake.write_table(rows, cfg.lake.path, "interactions")
-    stats = (lake.read_table(spark, cfg.lake.path, "interactions").where(F.col("source") == "synthetic")
-             .groupBy("label", "split").count().collect())
+    lake.replace_slice(spark, rows, cfg.lake.path, "interactions", "source", "synthetic", partitioned=False)
     active.unpersist()
-    counts = {f"{'positive' if r['label'] else 'negative'}_{r['split']}": r["count"] for r in stats}
-    users = (lake.read_table(spark, cfg.lake.path, "interactions").where(F.col("source") == "synthetic")
-             .select("user_id").distinct().count())
-    return {"users_with_interactions": users, **counts}
+    syn_rows = lake.read_table(spark, cfg.lake.path, "interactions").where(F.col("source") == "synthetic")
+
+    def n(label, split):
+        return F.sum(((F.col("label") == label) & (F.col("split") == split)).cast("int"))
+
+    stats = syn_rows.agg(F.countDistinct("user_id").alias("users_with_interactions"),
+                         n(1, "train").alias("positive_train"), n(1, "heldout").alias("positive_heldout"),
+                         n(0, "train").alias("negative_train")).first()
+    return {k: int(v or 0) for k, v in stats.asDict().items()}

@@ -36,10 +36,7 @@ def run(spark, cfg: Config, run_id: str) -> dict:
     pre = fit_preprocessor(inputs, run_id, cfg.features.max_categories, cfg.features.max_multi_hot)
     pre.save(preprocessor_path(cfg.lake.path, run_id))
     feats = transform(inputs, pre).withColumn("run_id", F.lit(run_id))
-    if lake.table_exists(spark, cfg.lake.path, "features"):
-        lake.write_table(feats, cfg.lake.path, "features", replace_where=f"run_id = '{run_id}'")
-    else:
-        lake.write_table(feats, cfg.lake.path, "features", partition_by=["run_id"])
+    lake.replace_slice(spark, feats, cfg.lake.path, "features", "run_id", run_id)
     n = lake.read_table(spark, cfg.lake.path, "features").where(F.col("run_id") == run_id).count()
     return {"profiles": n, "dim": pre.dim, "preprocessor": preprocessor_path(cfg.lake.path, run_id),
             "vocab_sizes": {**{k: len(v) for k, v in pre.categorical.items()},
