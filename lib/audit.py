@@ -8,14 +8,14 @@ the job. Runs on the executors; only the counts reach the driver.
 from __future__ import annotations
 
 from lib import lake
-from lib.config import Config
+from lib.config import Config, gender_filter_on
 from lib.eligibility import active_profiles, blocked_pairs, excluded_pairs
 from lib.errors import CheckFailed
 
 
 def audit_matches(spark, cfg: Config) -> dict:
     from pyspark.sql import functions as F
-    gf = cfg.source.gender_filter
+    gf = gender_filter_on(cfg.source)
     matches = lake.read_table(spark, cfg.lake.path, "matches", "match")
     profiles = lake.read_table(spark, cfg.lake.path, "profiles", "ingest")
     inter = lake.read_table(spark, cfg.lake.path, "interactions", "synthesize")

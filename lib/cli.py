@@ -20,12 +20,13 @@ from lib.errors import CheckFailed, UserError
 # The project folder (spark-submit.sh sets TWOTOWER_HOME; lib may run from a zip).
 ROOT = os.environ.get("TWOTOWER_HOME") or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = ("ingest", "synthesize", "features", "train", "embed", "index", "match", "evaluate")
-# What `pipeline` runs: every stage, then the audit of the published matches.
+# What `pipeline` runs: every stage, then the audit of the published matches (then
+# `export` to the app's database when sink.url is set: see main).
 PIPELINE = STAGES + ("audit",)
 # stage -> module with run(spark, cfg, run_id) -> dict
 MODULES = {"ingest": "lib.ingest", "synthesize": "lib.synthesize", "features": "lib.features.job",
            "train": "lib.train.job", "embed": "lib.embed", "index": "lib.index", "match": "lib.match",
-           "evaluate": "lib.evaluate", "audit": "lib.audit"}
+           "evaluate": "lib.evaluate", "audit": "lib.audit", "export": "lib.export"}
 log = logging.getLogger("twotower")
 
 
@@ -104,6 +105,8 @@ def main(stages: list, job: str | None = None, argv: list | None = None) -> int:
         from lib.session import build_spark
         spark = build_spark(cfg)
         run_id = cfg.run_id or lake.new_run_id()
+        if job == "pipeline" and cfg.sink.url and "export" not in stages:
+            stages = [*stages, "export"]  # only audited matches reach the app
         run_stages(spark, cfg, stages, run_id)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -28,17 +28,33 @@ class SparkConfig:
 @dataclass
 class LakeConfig:
     path: str = "./lake"
+    # How long erased rows (deleted or banned accounts) stay reachable in table history:
+    # VACUUM after an erase removes older files. Delta's own floor is 168 hours (7 days);
+    # a smaller value is taken as meant and Delta's safety check is turned off for it.
+    vacuum_retention_hours: float = 168.0
 
 
 @dataclass
 class SourceConfig:
-    kind: str = "synthetic"  # synthetic | okcupid
-    path: str = ""  # input file for file sources
+    kind: str = "synthetic"  # synthetic | okcupid | lastfm | speeddating | postgres
+    path: str = ""  # input file (folder for lastfm) for file sources
+    # postgres: a JDBC URL without credentials (they come from PGUSER / PGPASSWORD).
+    url: str = ""
+    # incremental: upsert what is read (postgres: rows changed since the last run);
+    # full: the read is the whole source, and ids it lacks were deleted there (erased).
+    mode: str = "incremental"
+    max_erase_fraction: float = 0.1  # a full read that would erase more of the source's profiles fails
+    jdbc_partitions: int = 4  # parallel JDBC reads per table
+    # Incremental reads start this long before the last run's high-water mark, so rows of
+    # transactions that committed late are not missed; re-reading them changes nothing.
+    overlap_seconds: int = 300
+    holdout_fraction: float = 0.2  # share of real positive interactions held out for evaluation
     num_profiles: int = 5000  # synthetic only
     seed: int = 42
     archetypes_file: str = "conf/archetypes.yaml"
     genres_per_profile: int = 4  # synthetic music preferences per profile (mean)
-    gender_filter: bool = True  # False for a source without genders: no gender/orientation fit
+    # auto: on, except for sources without genders (lastfm). false: no gender/orientation fit.
+    gender_filter: str = "auto"
     max_quarantine_fraction: float = 0.05  # fail the ingest past this share of bad rows
 
 
@@ -82,6 +98,14 @@ class MatchConfig:
 
 
 @dataclass
+class SinkConfig:
+    # The app's Postgres: a JDBC URL without credentials (PGUSER / PGPASSWORD). Empty: no export.
+    url: str = ""
+    table: str = "public.matches"
+    write_partitions: int = 4  # parallel JDBC writers
+
+
+@dataclass
 class EvaluateConfig:
     seed: int = 11  # random baseline
 
@@ -97,11 +121,14 @@ class Config:
     index: IndexConfig = field(default_factory=IndexConfig)
     match: MatchConfig = field(default_factory=MatchConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    sink: SinkConfig = field(default_factory=SinkConfig)
     run_id: str = ""  # pin the run id (default: a new one per invocation)
     model_version: str = ""  # pin the model version read by embed/index/match/evaluate
 
 
-SOURCE_KINDS = ("synthetic", "okcupid")
+SOURCE_KINDS = ("synthetic", "okcupid", "lastfm", "speeddating", "postgres")
+FILE_SOURCES = ("okcupid", "lastfm", "speeddating")
+NO_GENDER_SOURCES = ("lastfm",)  # sources whose rows carry no gender
 
 
 def load_config(path: str | None, overrides: list[str] = ()) -> Config:
@@ -170,7 +197,9 @@ def _coerce(tp, value: Any, name: str):
         if number is not None and math.isfinite(number):
             return number
     elif tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        if isinstance(value, bool):  # YAML's true/false for a key such as gender_filter (auto|true|false)
+            return str(value).lower()
+        if isinstance(value, (str, int, float)):
             return str(value)
     elif tp in (list, dict):
         if isinstance(value, str):
@@ -219,8 +248,20 @@ def _check(cfg: Config) -> None:
         raise UserError("lake.path is empty; give a folder, e.g. --set lake.path=./lake")
     if cfg.source.kind not in SOURCE_KINDS:
         raise UserError(f"source.kind {cfg.source.kind!r} is not one of {', '.join(SOURCE_KINDS)}")
-    if cfg.source.kind != "synthetic" and not cfg.source.path:
-        raise UserError(f"source.kind={cfg.source.kind} needs a file: --set source.path=FILE")
+    if cfg.source.kind in FILE_SOURCES and not cfg.source.path:
+        what = "folder" if cfg.source.kind == "lastfm" else "file"
+        raise UserError(f"source.kind={cfg.source.kind} needs a {what}: --set source.path=PATH")
+    if cfg.source.kind == "postgres" and not cfg.source.url:
+        raise UserError("source.kind=postgres needs a JDBC URL: --set source.url=jdbc:postgresql://HOST:5432/DB "
+                        "(credentials from the environment: PGUSER, PGPASSWORD)")
+    if cfg.source.mode not in ("incremental", "full"):
+        raise UserError(f"source.mode must be incremental or full, got {cfg.source.mode!r}")
+    gf = str(cfg.source.gender_filter).strip().lower()
+    if gf not in ("auto", "true", "false", "yes", "no", "1", "0"):
+        raise UserError(f"source.gender_filter must be auto, true or false, got {cfg.source.gender_filter!r}")
+    cfg.source.gender_filter = gf
+    if cfg.lake.vacuum_retention_hours < 0:
+        raise UserError(f"lake.vacuum_retention_hours must be 0 or more, got {cfg.lake.vacuum_retention_hours}")
     positive = {
         "source.num_profiles": cfg.source.num_profiles,
         "synthesize.candidate_draws": cfg.synthesize.candidate_draws,
@@ -234,13 +275,19 @@ def _check(cfg: Config) -> None:
         "match.query_batch": cfg.match.query_batch,
         "features.max_categories": cfg.features.max_categories,
         "features.max_multi_hot": cfg.features.max_multi_hot,
+        "source.jdbc_partitions": cfg.source.jdbc_partitions,
+        "sink.write_partitions": cfg.sink.write_partitions,
     }
     for name, value in positive.items():
         if value <= 0:
             raise UserError(f"{name} must be positive, got {value}")
     if cfg.synthesize.negatives_per_user < 0 or cfg.synthesize.noise < 0:
         raise UserError("synthesize.negatives_per_user and synthesize.noise must be 0 or more")
+    if cfg.source.overlap_seconds < 0:
+        raise UserError(f"source.overlap_seconds must be 0 or more, got {cfg.source.overlap_seconds}")
     for name, value in (("synthesize.holdout_fraction", cfg.synthesize.holdout_fraction),
+                        ("source.holdout_fraction", cfg.source.holdout_fraction),
+                        ("source.max_erase_fraction", cfg.source.max_erase_fraction),
                         ("source.max_quarantine_fraction", cfg.source.max_quarantine_fraction)):
         if not 0.0 <= value < 1.0:
             raise UserError(f"{name} must be in [0, 1), got {value}")
@@ -248,3 +295,12 @@ def _check(cfg: Config) -> None:
         raise UserError("train.temperature and train.learning_rate must be positive")
     if not all(isinstance(u, int) and not isinstance(u, bool) and u > 0 for u in cfg.train.hidden_units):
         raise UserError(f"train.hidden_units must be a list of positive integers, got {cfg.train.hidden_units!r}")
+
+
+def gender_filter_on(src: SourceConfig) -> bool:
+    """Whether the mutual gender/orientation fit applies: ``auto`` means on unless the
+    source has no genders."""
+    value = str(src.gender_filter).lower()
+    if value == "auto":
+        return src.kind not in NO_GENDER_SOURCES
+    return value in ("true", "yes", "1")

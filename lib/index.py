@@ -14,7 +14,7 @@ import math
 import os
 
 from lib import lake
-from lib.config import Config
+from lib.config import Config, gender_filter_on
 from lib.eligibility import active_profiles
 from lib.errors import UserError
 
@@ -64,7 +64,7 @@ def _build_shard(out_dir: str):
 def run(spark, cfg: Config, run_id: str) -> dict:
     from pyspark.sql import functions as F
     mv = lake.latest_model_version(spark, cfg.lake.path, cfg.model_version)
-    gf = cfg.source.gender_filter
+    gf = gender_filter_on(cfg.source)
     emb = lake.read_table(spark, cfg.lake.path, "profile_embeddings", "embed").where(F.col("model_version") == mv)
     profiles = active_profiles(lake.read_table(spark, cfg.lake.path, "profiles", "ingest"))
     inter = lake.read_table(spark, cfg.lake.path, "interactions", "synthesize")

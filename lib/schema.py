@@ -10,19 +10,36 @@ PRIVATE_COLUMNS = ("name", "avatar_url", "bio")
 PROFILES_DDL = (
     "id string, created_at timestamp, updated_at timestamp, name string, avatar_url string, "
     "setup_complete boolean, age int, gender string, sexual_orientation string, "
-    "looking_for array<string>, location string, latitude double, longitude double, bio string, "
+    "looking_for array<string>, location string, region string, latitude double, longitude double, bio string, "
     "interests array<string>, relationship_goal string, education_level string, job_title string, "
     "height double, drinking_habits string, smoking_habits string, group_id string, "
     "attributes map<string,string>, source string, deleted_at timestamp, banned boolean, "
-    "ingest_run_id string"
+    "ingest_run_id string, content_hash string"
 )
 MUSIC_DDL = ("id string, created_at timestamp, user_id string, genre string, artist_name string, "
-             "source string, ingest_run_id string")
-INTERACTIONS_DDL = ("user_id string, profile_id string, event string, label int, source string, "
-                    "split string, created_at timestamp, run_id string")
-QUARANTINE_DDL = "run_id string, source string, rule string, reason string, raw string, quarantined_at timestamp"
+             "source string, ingest_run_id string, content_hash string")
+INTERACTIONS_DDL = ("id string, user_id string, profile_id string, event string, label int, source string, "
+                    "split string, created_at timestamp, run_id string, content_hash string")
+# Interaction events and their training label; a block is no preference signal (label null)
+# but excludes the pair both ways.
+EVENTS = ("like", "pass", "match", "message", "block")
+EVENT_LABELS = {"like": 1, "match": 1, "message": 1, "pass": 0, "block": None}
+QUARANTINE_DDL = ("run_id string, source string, entity string, rule string, reason string, raw string, "
+                  "person_ids array<string>, quarantined_at timestamp")
 MATCHES_DDL = ("user_id string, rank int, profile_id string, score float, model_version string, "
                "run_id string, generated_at timestamp")
+
+
+# Columns that are bookkeeping, not content: a change in them alone rewrites nothing.
+BOOKKEEPING_COLUMNS = ("updated_at", "ingest_run_id", "run_id", "content_hash")
+
+
+def with_content_hash(df):
+    """Set ``content_hash``: sha-256 of the row's content columns (working columns, those
+    starting with '_', and bookkeeping left out). Upserts compare it to skip unchanged rows."""
+    from pyspark.sql import functions as F
+    content = [c for c in df.columns if c not in BOOKKEEPING_COLUMNS and not c.startswith("_")]
+    return df.withColumn("content_hash", F.sha2(F.to_json(F.struct(*content)), 256))
 
 
 def profile_columns() -> list[str]:
@@ -43,14 +60,15 @@ def _split_ddl(ddl: str) -> list[str]:
     return out + [cur]
 
 
-def conform(df, ddl: str):
-    """Select the columns of ``ddl`` in order with its types; absent ones become nulls."""
+def conform(df, ddl: str, keep: tuple = ()):
+    """Select the columns of ``ddl`` in order with its types (absent ones become nulls),
+    then the working columns named in ``keep``."""
     from pyspark.sql import functions as F
     out = []
     for part in _split_ddl(ddl):
         name, typ = part.strip().split(" ", 1)
         out.append((F.col(name) if name in df.columns else F.lit(None)).cast(typ).alias(name))
-    return df.select(*out)
+    return df.select(*out, *keep)
 
 
 def derive_looking_for(gender: str | None, orientation: str | None) -> tuple[list[str], bool]:

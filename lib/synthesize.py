@@ -14,10 +14,11 @@ import math
 
 from lib import lake
 from lib.compatibility import PAIR_FIELDS, compatibility_col, gaussian_noise_col
-from lib.config import Config
+from lib.config import Config, gender_filter_on
 from lib.eligibility import active_profiles, pool_key_col
 from lib.errors import UserError
-from lib.schema import INTERACTIONS_DDL, MUSIC_DDL, conform
+from lib.ids import stable_uuid_col
+from lib.schema import INTERACTIONS_DDL, MUSIC_DDL, conform, with_content_hash
 
 SLOT_SIZE = 2  # profiles per random slot: each draw brings about this many candidates
 
@@ -101,13 +102,14 @@ def run(spark, cfg: Config, run_id: str) -> dict:
     music = lake.read_table_or_empty(spark, cfg.lake.path, "music_preferences", MUSIC_DDL)
     active = active_profiles(profiles).select("id", "gender", "looking_for", *[
         f for f in PAIR_FIELDS if f != "genres"]).cache()
-    pairs = sample_candidates(active, syn.candidate_draws, syn.seed, cfg.source.gender_filter)
+    pairs = sample_candidates(active, syn.candidate_draws, syn.seed, gender_filter_on(cfg.source))
     labelled = label_pairs(pairs, pair_attributes(active, music), syn, syn.seed)
     rows = (labelled.withColumn("event", F.when(F.col("label") == 1, "like").otherwise("pass"))
+            .withColumn("id", stable_uuid_col(F.concat_ws(":", F.lit("synthetic"), "user_id", "profile_id")))
             .withColumn("source", F.lit("synthetic"))
             .withColumn("created_at", F.current_timestamp())
             .withColumn("run_id", F.lit(run_id)))
-    rows = conform(rows, INTERACTIONS_DDL)
+    rows = with_content_hash(conform(rows, INTERACTIONS_DDL))
     lake.replace_slice(spark, rows, cfg.lake.path, "interactions", "source", "synthetic", partitioned=False)
     active.unpersist()
     syn_rows = lake.read_table(spark, cfg.lake.path, "interactions").where(F.col("source") == "synthetic")

@@ -6,15 +6,15 @@ holds ``name``, ``avatar_url`` or ``bio``.
 """
 from __future__ import annotations
 
-from lib.schema import GENDERS, ORIENTATIONS, PRIVATE_COLUMNS
+from lib.schema import EVENTS, GENDERS, ORIENTATIONS, PRIVATE_COLUMNS
 
 MIN_AGE, MAX_AGE = 18, 100
 MIN_HEIGHT_CM, MAX_HEIGHT_CM = 90.0, 250.0
 
 
-def profile_rules(gender_filter: bool) -> list:
+def profile_rules(gender_filter: bool, has_age: bool = True) -> list:
     """Rules for candidate profile rows (columns of the profiles schema plus ``_age_raw``,
-    ``_corrupt_record``)."""
+    ``_corrupt_record``). A source without ages (Last.fm) may leave age missing."""
     from pyspark.sql import functions as F
     age, gender, orient = F.col("age"), F.col("gender"), F.col("sexual_orientation")
     rules = [
@@ -28,10 +28,39 @@ def profile_rules(gender_filter: bool) -> list:
         ("unknown_orientation", orient.isNotNull() & ~orient.isin(*ORIENTATIONS),
          f"sexual_orientation is not one of {', '.join(ORIENTATIONS)}"),
     ]
+    if not has_age:
+        rules = [r for r in rules if r[0] != "age_missing"]
     if gender_filter:
         rules.insert(3, ("unknown_gender", gender.isNull() | ~gender.isin(*GENDERS),
                          f"gender is not one of {', '.join(GENDERS)}"))
     return rules
+
+
+def music_rules() -> list:
+    """Rules for music preference rows; ``_user_known`` says whether user_id is a profile."""
+    from pyspark.sql import functions as F
+    return [
+        ("missing_id", F.col("id").isNull() | (F.col("id") == ""), "the row has no id"),
+        ("missing_user", F.col("user_id").isNull() | (F.col("user_id") == ""), "user_id is missing"),
+        ("orphan_user", ~F.col("_user_known"), "user_id points at no profile"),
+        ("empty_preference", F.col("genre").isNull() & F.col("artist_name").isNull(),
+         "neither genre nor artist_name is given"),
+    ]
+
+
+def interaction_rules() -> list:
+    """Rules for interaction rows; ``_user_known``/``_profile_known`` say whether the ids are profiles."""
+    from pyspark.sql import functions as F
+    return [
+        ("missing_id", F.col("id").isNull() | (F.col("id") == ""), "the row has no id"),
+        ("missing_user", F.col("user_id").isNull() | (F.col("user_id") == ""), "user_id is missing"),
+        ("missing_profile", F.col("profile_id").isNull() | (F.col("profile_id") == ""), "profile_id is missing"),
+        ("unknown_event", F.col("event").isNull() | ~F.col("event").isin(*EVENTS),
+         f"event is not one of {', '.join(EVENTS)}"),
+        ("self_action", F.col("user_id") == F.col("profile_id"), "a user acting on themselves"),
+        ("orphan_user", ~F.col("_user_known"), "user_id points at no profile"),
+        ("orphan_profile", ~F.col("_profile_known"), "profile_id points at no profile"),
+    ]
 
 
 def apply_rules(df, rules):
@@ -57,10 +86,20 @@ def mark_duplicates(df, key: str, order: str):
                         .otherwise(F.col("_reason"))))
 
 
-def quarantine_rows(bad, source: str, run_id: str, keep_corrupt_text: bool = True):
-    """Quarantine table rows for the rows of ``bad`` (which carry ``_rule``/``_reason``)."""
+# Columns ingest adds while checking rows: not part of the raw row.
+_WORKING_COLUMNS = ("_rule", "_reason", "_user_known", "_profile_known", "_user_erased", "_profile_erased",
+                    "_action", "_erase")
+
+
+def quarantine_rows(bad, source: str, run_id: str, keep_corrupt_text: bool = True, entity: str = "profiles",
+                    person_cols: tuple = ("id",)):
+    """Quarantine table rows for the rows of ``bad`` (which carry ``_rule``/``_reason``).
+
+    ``person_cols`` name the columns holding the ids of the people a row is about: they are
+    kept beside the raw row so that erasing an account also reaches its quarantined rows.
+    """
     from pyspark.sql import functions as F
-    cols = [c for c in bad.columns if c not in PRIVATE_COLUMNS and c not in ("_rule", "_reason")]
+    cols = [c for c in bad.columns if c not in PRIVATE_COLUMNS and c not in _WORKING_COLUMNS]
     raw = F.to_json(F.struct(*[F.col("`" + c.replace("`", "``") + "`") for c in cols]))
     if not keep_corrupt_text and "_corrupt_record" in cols:
         # The fields of an unparseable line may have shifted, so a name can sit in any of
@@ -68,9 +107,11 @@ def quarantine_rows(bad, source: str, run_id: str, keep_corrupt_text: bool = Tru
         where = [F.col(c) for c in ("_pos", "id") if c in cols]
         withheld = F.to_json(F.struct(*where, F.lit("<withheld: line may hold private columns>").alias("_corrupt_record")))
         raw = F.when(F.col("_corrupt_record").isNotNull(), withheld).otherwise(raw)
+    people = F.filter(F.array(*[F.col(c).cast("string") for c in person_cols]), lambda x: x.isNotNull())
     return bad.select(
-        F.lit(run_id).alias("run_id"), F.lit(source).alias("source"), F.col("_rule").alias("rule"),
-        F.col("_reason").alias("reason"), raw.alias("raw"), F.current_timestamp().alias("quarantined_at"))
+        F.lit(run_id).alias("run_id"), F.lit(source).alias("source"), F.lit(entity).alias("entity"),
+        F.col("_rule").alias("rule"), F.col("_reason").alias("reason"), raw.alias("raw"),
+        people.alias("person_ids"), F.current_timestamp().alias("quarantined_at"))
 
 
 def height_in_range(height_col):

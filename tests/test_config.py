@@ -1,6 +1,6 @@
 import pytest
 
-from lib.config import load_config
+from lib.config import gender_filter_on, load_config
 from lib.errors import UserError
 from tests.conftest import ROOT
 
@@ -22,7 +22,7 @@ def test_set_overrides_are_typed():
                               "train.hidden_units=[32, 16]", "lake.path=/tmp/x", "spark.conf.spark.foo=bar"])
     assert cfg.train.epochs == 3 and isinstance(cfg.train.epochs, int)
     assert cfg.train.learning_rate == 0.5
-    assert cfg.source.gender_filter is False
+    assert gender_filter_on(cfg.source) is False
     assert cfg.train.hidden_units == [32, 16]
     assert cfg.lake.path == "/tmp/x"
     assert cfg.spark.conf["spark.foo"] == "bar"
@@ -38,7 +38,7 @@ def test_set_overrides_are_typed():
     ("source.kind=mysql", "source.kind 'mysql' is not one of"),
     ("source.kind=okcupid", "needs a file"),
     ("synthesize.holdout_fraction=1.5", "must be in [0, 1)"),
-    ("source.gender_filter=maybe", "expects bool"),
+    ("source.gender_filter=maybe", "must be auto, true or false"),
     ("run_id=../../escape", "run_id '../../escape' may hold only"),
     ("model_version=x' or '1'='1", "may hold only"),
     ("lake.path=", "lake.path is empty"),

@@ -14,9 +14,11 @@ from lib.errors import UserError
 CORRUPT = "_corrupt_record"
 
 
-def stage_csv(path: str, staging: str) -> str:
+def stage_csv(path: str, staging: str, encoding: str = "utf-8") -> str:
     """Return a plain CSV path for ``path``: itself, or its single CSV member unzipped into
-    ``staging`` (streamed, never held in memory). Spark cannot split a zip, a CSV it can."""
+    ``staging`` (streamed, never held in memory). Spark cannot split a zip, a CSV it can.
+    A UTF-8 file is checked to be UTF-8 throughout; a file in a single-byte ``encoding``
+    (e.g. latin-1) has no invalid bytes to check."""
     if not os.path.exists(path):
         raise UserError(f"input file {path!r} not found; check source.path")
     if not os.path.isfile(path) or not os.access(path, os.R_OK):
@@ -26,7 +28,8 @@ def stage_csv(path: str, staging: str) -> str:
     with open(path, "rb") as f:
         looks_zipped = f.read(4) == b"PK\x03\x04"
     if not looks_zipped and not zipfile.is_zipfile(path):
-        check_utf8(path, path)
+        if _is_utf8(encoding):
+            check_utf8(path, path)
         return os.path.abspath(path)
     try:
         with zipfile.ZipFile(path) as z:
@@ -38,8 +41,13 @@ def stage_csv(path: str, staging: str) -> str:
                 shutil.copyfileobj(src, dst, length=1 << 20)
     except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as e:
         raise UserError(f"zip file {path!r} cannot be read ({e}); re-export or re-download it") from None
-    check_utf8(out, path)
+    if _is_utf8(encoding):
+        check_utf8(out, path)
     return out
+
+
+def _is_utf8(encoding: str) -> bool:
+    return codecs.lookup(encoding).name in ("utf-8", "utf-8-sig")
 
 
 def check_utf8(path: str, shown: str) -> None:
@@ -62,13 +70,14 @@ def check_utf8(path: str, shown: str) -> None:
         raise UserError(f"{shown!r} ends in the middle of a UTF-8 character; export the CSV as UTF-8") from None
 
 
-def read_header(path: str) -> list[str]:
-    """The CSV's column names (only the first line is read; a UTF-8 byte order mark is skipped)."""
-    with open(path, encoding="utf-8-sig", newline="") as f:
+def read_header(path: str, sep: str = ",", encoding: str = "utf-8-sig") -> list[str]:
+    """The CSV's column names (only the first line is read; a UTF-8 byte order mark is skipped).
+    ``sep``: the field separator (a tab for tab-separated files)."""
+    with open(path, encoding=encoding, newline="") as f:
         first = f.readline()
     if not first.strip():
         raise UserError(f"{path!r} has no header line")
-    header = [h.strip() for h in next(csv.reader(io.StringIO(first)))]
+    header = [h.strip() for h in next(csv.reader(io.StringIO(first), delimiter=sep))]
     seen = {h for h in header if header.count(h) > 1}
     if seen:
         raise UserError(f"{path!r} has the column(s) {', '.join(sorted(seen))} more than once; "
@@ -78,16 +87,22 @@ def read_header(path: str) -> list[str]:
     return header
 
 
-def read_csv_with_position(spark, path: str, columns: list[str]):
+def read_csv_with_position(spark, path: str, columns: list[str], sep: str = ",", encoding: str = "UTF-8",
+                           quote: str = '"'):
     """All columns as strings plus ``_corrupt_record`` and ``_pos`` (0-based data row number).
 
     The position is exact however Spark splits the file: rows are counted per file block
     (from the hidden ``_metadata`` column) and offset by the blocks before them.
+    ``sep``, ``encoding``: of the file; ``quote``: "" where quotes are plain characters
+    (tab-separated exports that never quote a field).
     """
     from pyspark.sql import functions as F
 
     ddl = ", ".join(f"`{c.replace('`', '``')}` string" for c in columns) + f", {CORRUPT} string"
+    # columnPruning off: Spark checks a line's number of fields only when it parses all of
+    # them, so a short or long line is flagged even where the caller uses a few columns.
     df = (spark.read.option("header", "true").option("mode", "PERMISSIVE")
+          .option("columnPruning", "false").option("sep", sep).option("encoding", encoding).option("quote", quote)
           .option("columnNameOfCorruptRecord", CORRUPT).option("multiLine", "false")
           .option("enforceSchema", "true").schema(ddl).csv(path)
           .withColumn("_file", F.col("_metadata.file_path"))

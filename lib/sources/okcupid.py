@@ -69,3 +69,14 @@ def read_okcupid(spark, path: str, staging: str):
         attrs.alias("attributes"),
         F.col("_pos"), F.col(CORRUPT),
     ), not private
+
+
+def okcupid_rows(spark, path: str, staging: str):
+    """``read_okcupid`` as the SourceRows of the ingest: ids from the row position, age parsed."""
+    from pyspark.sql import functions as F
+    from lib.ids import stable_uuid_col
+    from lib.sources import SourceRows
+    raw, keep_text = read_okcupid(spark, path, staging)
+    cands = (raw.withColumn("id", stable_uuid_col(F.col("_id_name"))).drop("_id_name")
+             .withColumn("age", F.when(F.col("_age_raw").rlike(r"^\s*-?\d{1,4}\s*$"), F.col("_age_raw").cast("int"))))
+    return SourceRows(profiles=cands, keep_corrupt_text=keep_text)

@@ -136,3 +136,19 @@ def synthetic_profiles(spark, n: int, seed: int, spec: dict):
 def _ddl_names() -> list[str]:
     from lib.schema import _split_ddl
     return [c.strip() for c in _split_ddl(_GEN_DDL)]
+
+
+def synthetic_rows(spark, src):
+    """The generator's profiles and music preferences as the SourceRows of the ingest."""
+    from pyspark.sql import functions as F
+    from lib.ids import stable_uuid_col
+    from lib.sources import SourceRows
+    gen = synthetic_profiles(spark, src.num_profiles, src.seed, load_archetypes(src.archetypes_file))
+    music = (gen.select(F.col("id").alias("user_id"), "created_at", F.posexplode("music").alias("j", "m"))
+             .select(stable_uuid_col(F.concat_ws(":", F.col("user_id"), F.lit("music"), F.col("j"))).alias("id"),
+                     "created_at", "user_id", F.col("m.genre").alias("genre"),
+                     F.col("m.artist_name").alias("artist_name"), F.lit(0).cast("long").alias("_pos")))
+    profiles = (gen.drop("music").withColumn("_age_raw", F.col("age").cast("string"))
+                .withColumn("_corrupt_record", F.lit(None).cast("string"))
+                .withColumn("_pos", F.monotonically_increasing_id()))
+    return SourceRows(profiles=profiles, music=music)
