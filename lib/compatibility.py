@@ -3,16 +3,37 @@
 Two twins: ``compatibility`` (plain Python, one pair) and ``compatibility_col`` (Spark
 Column over columns prefixed ``u_`` and ``p_``). Tests keep them equal.
 
-score = 1.0 [same archetype group] + 1.0 jaccard(interests) + 0.5 jaccard(genres)
-        - 0.5 min(|age gap| / 10, 2) + 0.3 [same relationship goal] + 0.2 [same education]
-        + 0.15 [same drinking] + 0.15 [same smoking] + 0.6 share of equal extra attributes
+score = w.group [same archetype group] + w.interests jaccard(interests) + w.genres jaccard(genres)
+        - w.age min(|age gap| / 10, 2) + w.goal [same relationship goal] + w.education [same education]
+        + w.drinking [same drinking] + w.smoking [same smoking] + w.attributes share of equal extra attributes
+
+The weights live in the archetype file (``compatibility:``), beside the groups they judge;
+``DEFAULT_WEIGHTS`` apply to any weight it does not set.
 """
 from __future__ import annotations
 
 import math
 
-W_GROUP, W_INTERESTS, W_GENRES, W_AGE, W_GOAL, W_EDU, W_DRINK, W_SMOKE, W_ATTR = (
-    1.0, 1.0, 0.5, 0.5, 0.3, 0.2, 0.15, 0.15, 0.6)
+from lib.errors import UserError
+
+DEFAULT_WEIGHTS = {"group": 1.0, "interests": 1.0, "genres": 0.5, "age": 0.5, "goal": 0.3, "education": 0.2,
+                   "drinking": 0.15, "smoking": 0.15, "attributes": 0.6}
+
+
+def weights(spec: dict | None = None) -> dict:
+    """The weights of an archetype file's ``compatibility:`` section over the defaults."""
+    given = (spec or {}).get("compatibility") or {}
+    if not isinstance(given, dict):
+        raise UserError("compatibility: in the archetype file must map weight names to numbers")
+    unknown = sorted(set(given) - set(DEFAULT_WEIGHTS))
+    if unknown:
+        raise UserError(f"unknown compatibility weight(s) {', '.join(unknown)}; known: {', '.join(DEFAULT_WEIGHTS)}")
+    out = dict(DEFAULT_WEIGHTS)
+    for k, v in given.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise UserError(f"compatibility weight {k!r} must be a number, got {v!r}")
+        out[k] = float(v)
+    return out
 PAIR_FIELDS = ("group_id", "interests", "genres", "age", "relationship_goal", "education_level",
                "drinking_habits", "smoking_habits", "attributes")
 
@@ -26,25 +47,25 @@ def _same(a, b) -> float:
     return 1.0 if a is not None and a == b else 0.0
 
 
-def compatibility(u: dict, p: dict) -> float:
+def compatibility(u: dict, p: dict, w: dict = DEFAULT_WEIGHTS) -> float:
     """Score of the pair (symmetric); fields as in ``PAIR_FIELDS``, any may be None."""
-    s = W_GROUP * _same(u.get("group_id"), p.get("group_id"))
-    s += W_INTERESTS * _jaccard(u.get("interests"), p.get("interests"))
-    s += W_GENRES * _jaccard(u.get("genres"), p.get("genres"))
+    s = w["group"] * _same(u.get("group_id"), p.get("group_id"))
+    s += w["interests"] * _jaccard(u.get("interests"), p.get("interests"))
+    s += w["genres"] * _jaccard(u.get("genres"), p.get("genres"))
     if u.get("age") is not None and p.get("age") is not None:
-        s -= W_AGE * min(abs(u["age"] - p["age"]) / 10.0, 2.0)
-    s += W_GOAL * _same(u.get("relationship_goal"), p.get("relationship_goal"))
-    s += W_EDU * _same(u.get("education_level"), p.get("education_level"))
-    s += W_DRINK * _same(u.get("drinking_habits"), p.get("drinking_habits"))
-    s += W_SMOKE * _same(u.get("smoking_habits"), p.get("smoking_habits"))
+        s -= w["age"] * min(abs(u["age"] - p["age"]) / 10.0, 2.0)
+    s += w["goal"] * _same(u.get("relationship_goal"), p.get("relationship_goal"))
+    s += w["education"] * _same(u.get("education_level"), p.get("education_level"))
+    s += w["drinking"] * _same(u.get("drinking_habits"), p.get("drinking_habits"))
+    s += w["smoking"] * _same(u.get("smoking_habits"), p.get("smoking_habits"))
     ua, pa = u.get("attributes") or {}, p.get("attributes") or {}
     common = set(ua) & set(pa)
     if common:
-        s += W_ATTR * sum(ua[k] == pa[k] for k in common) / len(common)
+        s += w["attributes"] * sum(ua[k] == pa[k] for k in common) / len(common)
     return s
 
 
-def compatibility_col():
+def compatibility_col(w: dict = DEFAULT_WEIGHTS):
     """Spark Column twin of ``compatibility`` over ``u_<field>`` and ``p_<field>`` columns."""
     from pyspark.sql import functions as F
 
@@ -65,9 +86,10 @@ def compatibility_col():
     # least() skips nulls, so a missing age must be handled before it.
     gap = F.abs(F.col("u_age") - F.col("p_age")) / 10.0
     age = F.when(gap.isNotNull(), F.least(gap, F.lit(2.0))).otherwise(F.lit(0.0))
-    return (W_GROUP * same("group_id") + W_INTERESTS * jaccard("interests") + W_GENRES * jaccard("genres")
-            - W_AGE * age + W_GOAL * same("relationship_goal") + W_EDU * same("education_level")
-            + W_DRINK * same("drinking_habits") + W_SMOKE * same("smoking_habits") + W_ATTR * attr)
+    return (w["group"] * same("group_id") + w["interests"] * jaccard("interests") + w["genres"] * jaccard("genres")
+            - w["age"] * age + w["goal"] * same("relationship_goal") + w["education"] * same("education_level")
+            + w["drinking"] * same("drinking_habits") + w["smoking"] * same("smoking_habits")
+            + w["attributes"] * attr)
 
 
 def gaussian_noise_col(seed: int, *cols):

@@ -32,6 +32,8 @@ class LakeConfig:
     # VACUUM after an erase removes older files. Delta's own floor is 168 hours (7 days);
     # a smaller value is taken as meant and Delta's safety check is turned off for it.
     vacuum_retention_hours: float = 168.0
+    # VACUUM runs at an ingest that removed rows, and otherwise when the last is this old.
+    vacuum_every_hours: float = 24.0
 
 
 @dataclass

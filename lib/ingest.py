@@ -46,35 +46,48 @@ def run(spark, cfg: Config, run_id: str) -> dict:
         persisted.append(df)
         return df
 
+    clock = _Clock()
     try:
         rows = read_source(spark, cfg, staging, since)
+        persisted.extend(rows.cached)
         profiles = keep(check_profiles(rows.profiles, gender_filter_on(src), src.kind not in NO_AGE_SOURCES))
         p_counts = _rule_counts(profiles)
+        clock.lap("read and checked profiles")
         if sum(p_counts.values()) == 0:
             raise UserError(f"source {src.kind} produced no rows; check source.path / source.num_profiles")
         # Only a full read of the whole source says that an id it lacks was deleted there.
         complete = rows.complete and src.mode == "full"
-        erased, n_erased = _erased_ids(spark, cfg, profiles, complete, staging)
+        erased, n_erased, in_lake = _erased_ids(spark, cfg, profiles, complete, staging)
         known = _known_ids(spark, cfg, profiles, erased, staging)
         music = keep(check_music(rows.music, known, erased)) if rows.music is not None else None
         inter = None if rows.interactions is None else keep(check_interactions(rows.interactions, known, erased))
         counts = {"profiles": p_counts}
+        clock.lap("found accounts to erase")
         if music is not None:
             counts["music_preferences"] = _rule_counts(music)
         if inter is not None:
             counts["interactions"] = _rule_counts(inter)
 
+        clock.lap("checked music preferences and interactions")
         _quarantine(cfg, run_id, rows.keep_corrupt_text, profiles, music, inter, counts)
         _check_limits(counts, src.max_quarantine_fraction, run_id)
 
         good = profiles.where(F.col("_action") == "upsert")
         stats = _upsert_profiles(spark, cfg, good, run_id)
+        clock.lap("merged profiles")
         n_music = None if music is None else _merge_rows(
             spark, cfg, music, "music_preferences", lambda df: _music_out(df, src.kind, run_id), complete)
         n_inter = None if inter is None else _merge_rows(
             spark, cfg, inter, "interactions", lambda df: _interactions_out(df, src, run_id), complete)
-        erased_rows = erase_accounts(spark, cfg.lake.path, erased) if n_erased else {}
-        vacuum_lake(spark, cfg.lake.path, cfg.lake.vacuum_retention_hours)
+        clock.lap("merged music preferences and interactions")
+        # Only ids the lake holds need erasing (a first read's banned accounts were never stored).
+        erased_rows = erase_accounts(spark, cfg.lake.path, erased) if n_erased and in_lake else {}
+        clock.lap("erased accounts")
+        removed = bool(erased_rows) or _deleted_any(music) or _deleted_any(inter) or complete
+        vacuumed = removed or _vacuum_due(spark, cfg)
+        if vacuumed:
+            vacuum_lake(spark, cfg.lake.path, cfg.lake.vacuum_retention_hours)
+            clock.lap("vacuumed")
     finally:
         for df in persisted:
             df.unpersist()
@@ -91,7 +104,8 @@ def run(spark, cfg: Config, run_id: str) -> dict:
     info = {"source": src.kind, "rows_read": sum(p_counts.values()), "profiles_ingested": stats["n"],
             "quarantined": _bad(p_counts), "quarantined_by_rule": _by_rule(p_counts),
             "looking_for_defaulted": stats["lf"], "height_nulled": stats["h"],
-            "erased_accounts": n_erased, "erased_rows": erased_rows, "complete_read": complete}
+            "erased_accounts": n_erased, "erased_rows": erased_rows, "complete_read": complete,
+            "vacuumed": vacuumed}
     for table, n in (("music_preferences", n_music), ("interactions", n_inter)):
         if n is not None:
             info[table] = {"rows_read": sum(counts[table].values()), "quarantined": _bad(counts[table]),
@@ -100,11 +114,29 @@ def run(spark, cfg: Config, run_id: str) -> dict:
     return info
 
 
+class _Clock:
+    """Progress lines a person can follow: what was done and how long it took."""
+
+    def __init__(self):
+        import time
+        self._time = time.time
+        self._last = time.time()
+
+    def lap(self, what: str) -> None:
+        now = self._time()
+        log.info("ingest: %s in %.1fs", what, now - self._last)
+        self._last = now
+
+
 # --- checking -----------------------------------------------------------------------
 def check_profiles(cands, gender_filter: bool, has_age: bool):
     """Candidate profiles with ``_rule``/``_reason`` and ``_action``: upsert, erase or keep
     (quarantined: the lake's version, if any, is kept)."""
     from pyspark.sql import functions as F
+    # A source may leave out any profile column (Last.fm has no gender or orientation,
+    # Speed Dating no height): the absent ones are typed nulls, as SourceRows promises.
+    absent = [f for f in conform(cands.limit(0), PROFILES_DDL).schema.fields if f.name not in cands.columns]
+    cands = cands.withColumns({f.name: F.lit(None).cast(f.dataType) for f in absent})
     cols = cands.columns
     deleted = F.col("deleted_at").isNotNull() if "deleted_at" in cols else F.lit(False)
     banned = F.coalesce(F.col("banned"), F.lit(False)) if "banned" in cols else F.lit(False)
@@ -214,7 +246,7 @@ def _check_limits(counts: dict, limit: float, run_id: str) -> None:
 
 # --- erased accounts, known ids -------------------------------------------------------
 def _erased_ids(spark, cfg, profiles, complete: bool, staging: str):
-    """(ids to erase, their number), written to staging so that later writes to profiles do
+    """(ids to erase, their number, whether any is in the lake), written to staging so that later writes to profiles do
     not change them. A full read that would erase more than ``source.max_erase_fraction``
     of the source's profiles is refused: far more likely a wrong or truncated input."""
     from pyspark.sql import functions as F
@@ -236,7 +268,10 @@ def _erased_ids(spark, cfg, profiles, complete: bool, staging: str):
     path = f"{staging}/erased"
     erased.distinct().write.mode("overwrite").parquet(path)
     out = spark.read.parquet(path)
-    return out, out.count()
+    n = out.count()
+    in_lake = n > 0 and lake.table_exists(spark, cfg.lake.path, "profiles") and \
+        out.join(lake.read_table(spark, cfg.lake.path, "profiles").select("id"), "id", "left_semi").limit(1).count() > 0
+    return out, n, in_lake
 
 
 def _known_ids(spark, cfg, profiles, erased, staging: str):
@@ -284,12 +319,15 @@ def _music_out(music, kind: str, run_id: str):
 
 def _interactions_out(inter, src, run_id: str):
     """Label from the event; a share of positive pairs held out for evaluation, chosen by a
-    hash of the pair (so every event of a pair is on the same side, run after run)."""
+    hash of the pair (so every event of a pair, in either direction, is on the same side,
+    run after run)."""
     from pyspark.sql import functions as F
     label = F.element_at(F.create_map(*[F.lit(x) for kv in EVENT_LABELS.items() if kv[1] is not None for x in kv]),
                          F.col("event"))
-    u = (F.pmod(F.xxhash64(F.lit("holdout"), F.col("user_id"), F.col("profile_id")), F.lit(1_000_000))
-         / F.lit(1_000_000.0))
+    # The hash of the unordered pair: a friendship or match recorded from both sides is held
+    # out from both sides, or from neither (otherwise training would see the answer).
+    a, b = F.least("user_id", "profile_id"), F.greatest("user_id", "profile_id")
+    u = F.pmod(F.xxhash64(F.lit("holdout"), a, b), F.lit(1_000_000)) / F.lit(1_000_000.0)
     held = (label == 1) & (u < F.lit(src.holdout_fraction))
     return conform(inter.withColumn("label", label).withColumn("source", F.lit(src.kind))
                    .withColumn("split", F.when(held, "heldout").otherwise("train"))
@@ -328,6 +366,28 @@ def _merge(spark, lake_path: str, table: str, rows, complete_source: str | None)
     if complete_source:
         m = m.whenNotMatchedBySourceDelete(condition=f"t.source = '{complete_source}'")
     m.execute()
+
+
+# --- housekeeping -----------------------------------------------------------------------
+def _deleted_any(checked) -> bool:
+    from pyspark.sql import functions as F
+    return checked is not None and checked.where(F.col("_action") == "delete").limit(1).count() > 0
+
+
+def _vacuum_due(spark, cfg) -> bool:
+    """VACUUM is slow, so an ingest that removed nothing runs it only when the last one is
+    older than ``lake.vacuum_every_hours``: rows erased earlier then leave history at most
+    that long after the retention has passed."""
+    from pyspark.sql import functions as F
+    if not lake.table_exists(spark, cfg.lake.path, "runs"):
+        return False  # a new lake: no history to trim yet
+    last = (lake.read_table(spark, cfg.lake.path, "runs")
+            .where((F.col("stage") == "ingest") & (F.get_json_object("info", "$.vacuumed") == "true"))
+            .agg(F.max("finished_at").alias("t")).first()["t"])
+    if last is None:
+        return True
+    age_h = (dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) - last).total_seconds() / 3600
+    return age_h >= cfg.lake.vacuum_every_hours
 
 
 # --- incremental reads ----------------------------------------------------------------

@@ -13,12 +13,12 @@ from __future__ import annotations
 import math
 
 from lib import lake
-from lib.compatibility import PAIR_FIELDS, compatibility_col, gaussian_noise_col
+from lib.compatibility import DEFAULT_WEIGHTS, PAIR_FIELDS, compatibility_col, gaussian_noise_col, weights
 from lib.config import Config, gender_filter_on
 from lib.eligibility import active_profiles, pool_key_col
 from lib.errors import UserError
 from lib.ids import stable_uuid_col
-from lib.schema import INTERACTIONS_DDL, MUSIC_DDL, conform, with_content_hash
+from lib.schema import INTERACTIONS_DDL, MUSIC_DDL, conform
 
 SLOT_SIZE = 2  # profiles per random slot: each draw brings about this many candidates
 
@@ -30,10 +30,13 @@ def pair_attributes(profiles, music):
     return profiles.join(genres, "id", "left").select("id", *PAIR_FIELDS)
 
 
-def sample_candidates(active, draws: int, seed: int, gender_filter: bool):
+def sample_candidates(active, draws: int, seed: int, gender_filter: bool, attrs=None):
     """(user_id, profile_id) candidate pairs: about ``draws * SLOT_SIZE`` per user before the fit filter.
 
-    ``active``: id, gender, looking_for of the profiles that take part.
+    ``active``: id, gender, looking_for of the profiles that take part. With ``attrs``
+    (``pair_attributes``) each pair also carries both sides' fields as ``u_*``/``p_*``,
+    picked up on the way through the one join instead of two more joins of every pair;
+    such pairs may repeat (``label_pairs`` removes repeats once the rows are narrow).
     """
     from pyspark.sql import functions as F
     pool = active.select("id", "gender", "looking_for", pool_key_col(gender_filter).alias("pool"))
@@ -44,10 +47,15 @@ def sample_candidates(active, draws: int, seed: int, gender_filter: bool):
     slot_map = F.create_map(*[F.lit(x) for kv in slots.items() for x in kv])
     size_map = F.create_map(*[F.lit(x) for kv in sizes.items() if kv[0] is not None for x in kv])
     pool = pool.withColumn("slot", F.pmod(F.xxhash64(F.lit(seed), F.col("id")), F.element_at(slot_map, F.col("pool"))))
+    if attrs is not None:
+        pool = pool.join(attrs.select("id", *[F.col(f).alias(f"p_{f}") for f in PAIR_FIELDS]), "id")
 
     wants = F.col("looking_for") if gender_filter else F.array(F.lit("all"))
-    users = (active.select(F.col("id").alias("user_id"), F.col("gender").alias("u_gender"), wants.alias("wants"))
-             .withColumn("want", F.explode("wants"))
+    users = active.select(F.col("id").alias("user_id"), F.col("gender").alias("u_gender"), wants.alias("wants"))
+    if attrs is not None:
+        users = users.join(attrs.select(F.col("id").alias("user_id"), *[F.col(f).alias(f"u_{f}") for f in PAIR_FIELDS]),
+                           "user_id")
+    users = (users.withColumn("want", F.explode("wants"))
              .where(F.element_at(size_map, F.col("want")).isNotNull()))
     # Draws per sought pool in proportion to the pool's size.
     total = F.aggregate(F.transform("wants", lambda g: F.coalesce(F.element_at(size_map, g), F.lit(0))),
@@ -60,28 +68,45 @@ def sample_candidates(active, draws: int, seed: int, gender_filter: bool):
         .where(F.col("user_id") != F.col("id"))
     if gender_filter:
         pairs = pairs.where(F.array_contains(F.col("looking_for"), F.col("u_gender")))
+    if attrs is not None:
+        return pairs.select("user_id", F.col("id").alias("profile_id"),
+                            *[F.col(f"{side}_{f}") for side in "up" for f in PAIR_FIELDS])
     return pairs.select("user_id", F.col("id").alias("profile_id")).distinct()
 
 
-def label_pairs(pairs, attrs, cfg_syn, seed: int):
-    """Score candidate pairs and pick each user's positives and negatives; adds the split."""
-    from pyspark.sql import Window
+def label_pairs(pairs, attrs, cfg_syn, seed: int, w: dict | None = None):
+    """Score candidate pairs and pick each user's positives and negatives; adds the split.
+    ``pairs`` may already carry the ``u_*``/``p_*`` fields (then ``attrs`` is not used)."""
     from pyspark.sql import functions as F
-    u = attrs.select(F.col("id").alias("user_id"), *[F.col(f).alias(f"u_{f}") for f in PAIR_FIELDS])
-    p = attrs.select(F.col("id").alias("profile_id"), *[F.col(f).alias(f"p_{f}") for f in PAIR_FIELDS])
-    scored = (pairs.join(u, "user_id").join(p, "profile_id")
-              .withColumn("score", compatibility_col()
-                          + F.lit(cfg_syn.noise) * gaussian_noise_col(seed, F.col("user_id"), F.col("profile_id")))
-              .select("user_id", "profile_id", "score"))
-    by_score = Window.partitionBy("user_id").orderBy(F.col("score").desc(), F.col("profile_id"))
-    by_hash = Window.partitionBy("user_id", "is_pos").orderBy(
-        F.xxhash64(F.lit(seed), F.lit("neg"), F.col("user_id"), F.col("profile_id")), F.col("profile_id"))
-    ranked = (scored.withColumn("r", F.row_number().over(by_score))
-              .withColumn("is_pos", F.col("r") <= cfg_syn.positives_per_user)
-              .withColumn("r2", F.row_number().over(by_hash))
-              .where(F.col("is_pos") | (F.col("r2") <= cfg_syn.negatives_per_user)))
-    labelled = ranked.select("user_id", "profile_id", F.col("is_pos").cast("int").alias("label"))
-    return split_holdout(labelled, cfg_syn.holdout_fraction, seed)
+    if "u_age" not in pairs.columns:
+        u = attrs.select(F.col("id").alias("user_id"), *[F.col(f).alias(f"u_{f}") for f in PAIR_FIELDS])
+        p = attrs.select(F.col("id").alias("profile_id"), *[F.col(f).alias(f"p_{f}") for f in PAIR_FIELDS])
+        pairs = pairs.join(u, "user_id").join(p, "profile_id")
+    # The score depends only on the pair, so repeats of a pair collapse once the rows are narrow.
+    scored = (pairs.withColumn("score", compatibility_col(w or DEFAULT_WEIGHTS)
+                               + F.lit(cfg_syn.noise) * gaussian_noise_col(seed, F.col("user_id"), F.col("profile_id")))
+              .select("user_id", "profile_id", "score").distinct())
+    # Each user's candidates gathered once and picked with array functions: one shuffle of
+    # narrow rows instead of a sort per window.
+    neg_key = F.xxhash64(F.lit(seed), F.lit("neg"), F.col("user_id"), F.col("profile_id"))
+    split_key = F.xxhash64(F.lit(seed), F.lit("split"), F.col("user_id"), F.col("profile_id"))
+    per_user = scored.groupBy("user_id").agg(F.array_sort(F.collect_list(F.struct(
+        (-F.col("score")).alias("s"), F.col("profile_id").alias("p"), neg_key.alias("n"), split_key.alias("h"))))
+        .alias("c"))
+    n_pos, n_neg = cfg_syn.positives_per_user, cfg_syn.negatives_per_user
+    pos = F.slice("c", 1, n_pos)  # best score first; ties by profile id
+    rest = F.slice("c", n_pos + 1, 1 << 30)
+    neg = F.slice(F.array_sort(F.transform(rest, lambda x: F.struct(x["n"].alias("k"), x["p"].alias("p")))), 1, n_neg)
+    # The held-out share of the positives: the first round(fraction * n) by a hash of the pair.
+    held_pos = F.array_sort(F.transform(pos, lambda x: F.struct(x["h"].alias("k"), x["p"].alias("p"))))
+    n_held = F.round(F.size(held_pos) * F.lit(cfg_syn.holdout_fraction)).cast("int")
+    rows = per_user.select("user_id", F.concat(
+        F.transform(held_pos, lambda x, i: F.struct(x["p"].alias("profile_id"), F.lit(1).alias("label"),
+                                                    F.when(i < n_held, "heldout").otherwise("train").alias("split"))),
+        F.transform(neg, lambda x: F.struct(x["p"].alias("profile_id"), F.lit(0).alias("label"),
+                                            F.lit("train").alias("split")))).alias("picked"))
+    return rows.select("user_id", F.explode("picked").alias("x")).select("user_id", "x.profile_id", "x.label",
+                                                                         "x.split")
 
 
 def split_holdout(interactions, fraction: float, seed: int):
@@ -95,6 +120,14 @@ def split_holdout(interactions, fraction: float, seed: int):
     return interactions.withColumn("split", F.when(held, "heldout").otherwise("train"))
 
 
+def compatibility_weights(cfg: Config) -> dict:
+    """The compatibility weights of the configured archetype file (defaults without one)."""
+    import os
+    from lib.sources.synthetic import load_archetypes
+    path = cfg.source.archetypes_file
+    return weights(load_archetypes(path)) if path and os.path.exists(path) else dict(DEFAULT_WEIGHTS)
+
+
 def run(spark, cfg: Config, run_id: str) -> dict:
     from pyspark.sql import functions as F
     syn = cfg.synthesize
@@ -102,16 +135,19 @@ def run(spark, cfg: Config, run_id: str) -> dict:
     music = lake.read_table_or_empty(spark, cfg.lake.path, "music_preferences", MUSIC_DDL)
     active = active_profiles(profiles).select("id", "gender", "looking_for", *[
         f for f in PAIR_FIELDS if f != "genres"]).cache()
-    pairs = sample_candidates(active, syn.candidate_draws, syn.seed, gender_filter_on(cfg.source))
-    labelled = label_pairs(pairs, pair_attributes(active, music), syn, syn.seed)
+    attrs = pair_attributes(active, music).cache()  # read twice: the pool side and the user side
+    pairs = sample_candidates(active, syn.candidate_draws, syn.seed, gender_filter_on(cfg.source), attrs)
+    labelled = label_pairs(pairs, attrs, syn, syn.seed, compatibility_weights(cfg))
     rows = (labelled.withColumn("event", F.when(F.col("label") == 1, "like").otherwise("pass"))
             .withColumn("id", stable_uuid_col(F.concat_ws(":", F.lit("synthetic"), "user_id", "profile_id")))
             .withColumn("source", F.lit("synthetic"))
             .withColumn("created_at", F.current_timestamp())
             .withColumn("run_id", F.lit(run_id)))
-    rows = with_content_hash(conform(rows, INTERACTIONS_DDL))
+    # No content hash: synthetic rows are replaced as a whole, never merged row by row.
+    rows = conform(rows, INTERACTIONS_DDL)
     lake.replace_slice(spark, rows, cfg.lake.path, "interactions", "source", "synthetic", partitioned=False)
     active.unpersist()
+    attrs.unpersist()
     syn_rows = lake.read_table(spark, cfg.lake.path, "interactions").where(F.col("source") == "synthetic")
 
     def n(label, split):

@@ -46,3 +46,23 @@ def test_spark_twin_equals_python(spark):
     got = [r[0] for r in spark.createDataFrame(rows, schema).select(compatibility_col()).collect()]
     for (u, p), g in zip(pairs, got):
         assert g == pytest.approx(compatibility(u, p), abs=1e-9)
+
+
+def test_weights_come_from_the_archetype_file(tmp_path):
+    from lib.compatibility import DEFAULT_WEIGHTS, weights
+    from lib.errors import UserError
+    from lib.sources.synthetic import load_archetypes
+    from tests.conftest import ROOT
+    import os
+    spec = load_archetypes(os.path.join(ROOT, "conf", "archetypes.yaml"))
+    assert weights(spec) == DEFAULT_WEIGHTS
+    w = weights({"compatibility": {"group": 3, "age": 0}})
+    # Only the group counts here besides interests: worked out by hand.
+    u = {"group_id": "g", "age": 20, "interests": ["a"]}
+    p = {"group_id": "g", "age": 60, "interests": ["a", "b"]}
+    assert compatibility(u, p, w) == pytest.approx(3 + 1.0 * 0.5)
+    assert compatibility(u, p) == pytest.approx(1 + 0.5 - 0.5 * 2)
+    with pytest.raises(UserError, match="unknown compatibility weight"):
+        weights({"compatibility": {"grup": 1}})
+    with pytest.raises(UserError, match="must be a number"):
+        weights({"compatibility": {"age": "x"}})

@@ -52,3 +52,28 @@ def test_holdout_takes_a_fifth_of_each_users_positives(spark):
     assert "u3" not in held  # round(0.2) = 0: a single positive stays in training
     again = split_holdout(df.repartition(3), 0.2, 5).collect()
     assert sorted(map(str, out)) == sorted(map(str, again))
+
+
+def test_label_pairs_takes_the_best_as_positives_and_random_others_as_negatives(spark):
+    from lib.compatibility import PAIR_FIELDS, compatibility
+    from lib.config import SynthesizeConfig
+    from lib.synthesize import label_pairs
+    people = {f"p{i}": {"group_id": "g" if i % 2 else "h", "interests": ["a", "b"][: i % 3], "genres": None,
+                        "age": 20 + i, "relationship_goal": None, "education_level": None, "drinking_habits": None,
+                        "smoking_habits": None, "attributes": None} for i in range(12)}
+    attrs = spark.createDataFrame([{"id": k, **v} for k, v in people.items()],
+                                  "id string, group_id string, interests array<string>, genres array<string>, "
+                                  "age int, relationship_goal string, education_level string, "
+                                  "drinking_habits string, smoking_habits string, attributes map<string,string>")
+    cands = [(u, p) for u in ("p0", "p1") for p in people if p != u]
+    pairs = spark.createDataFrame(cands + cands[:3], "user_id string, profile_id string")  # repeats collapse
+    syn = SynthesizeConfig(positives_per_user=3, negatives_per_user=4, noise=0.0, holdout_fraction=0.34)
+    out = label_pairs(pairs, attrs.select("id", *PAIR_FIELDS), syn, 9).collect()
+    for u in ("p0", "p1"):
+        mine = [r for r in out if r["user_id"] == u]
+        ranked = sorted((p for p in people if p != u), key=lambda p: (-compatibility(people[u], people[p]), p))
+        assert {r["profile_id"] for r in mine if r["label"] == 1} == set(ranked[:3])
+        negs = [r["profile_id"] for r in mine if r["label"] == 0]
+        assert len(negs) == 4 and set(negs) <= set(ranked[3:])
+        assert sum(r["split"] == "heldout" for r in mine) == 1  # round(3 * 0.34)
+        assert all(r["label"] == 1 for r in mine if r["split"] == "heldout")

@@ -28,6 +28,7 @@ class SourceRows:
     complete: the rows are the whole source (a file, a full read): ids of this source
         that the lake holds and the read does not were deleted upstream and are erased.
     info: figures the adapter wants in the ingest report (e.g. the new high-water mark).
+    cached: DataFrames the adapter persisted; unpersisted when the ingest ends.
     """
     profiles: Any
     music: Any = None
@@ -35,6 +36,7 @@ class SourceRows:
     keep_corrupt_text: bool = True
     complete: bool = True
     info: dict = field(default_factory=dict)
+    cached: list = field(default_factory=list)  # DataFrames the adapter persisted; ingest unpersists them
 
 
 # Sources whose profiles carry no age: the age rules do not require one.

@@ -38,17 +38,32 @@ def load_archetypes(path: str) -> dict:
     return {"defaults": defaults, "archetypes": groups}
 
 
+def _weights(dist: dict):
+    """(keys, cumulative weights) of a {value: weight} mapping, cached by identity: the
+    generator draws from the same few mappings millions of times."""
+    key = id(dist)
+    hit = _WEIGHTS.get(key)
+    if hit is None or hit[0] is not dist:
+        keys = list(dist)
+        w = np.asarray([float(dist[k]) for k in keys])
+        hit = _WEIGHTS[key] = (dist, keys, np.cumsum(w / w.sum()), np.log(w))
+    return hit[1], hit[2], hit[3]
+
+
+_WEIGHTS: dict = {}
+
+
 def _pick(rng: np.random.Generator, dist: dict):
-    keys = list(dist)
-    w = np.asarray([float(dist[k]) for k in keys])
-    return keys[int(rng.choice(len(keys), p=w / w.sum()))]
+    keys, cum, _ = _weights(dist)
+    return keys[min(int(np.searchsorted(cum, rng.random(), side="right")), len(keys) - 1)]
 
 
 def _pick_many(rng: np.random.Generator, dist: dict, k: int) -> list:
-    keys = list(dist)
-    w = np.asarray([float(dist[k]) for k in keys])
+    """``k`` distinct values drawn by weight without replacement (Gumbel top-k), in key order."""
+    keys, _, logw = _weights(dist)
     k = min(k, len(keys))
-    idx = rng.choice(len(keys), size=k, replace=False, p=w / w.sum())
+    scores = logw - np.log(-np.log(rng.random(len(keys))))
+    idx = np.argpartition(-scores, k - 1)[:k] if k < len(keys) else np.arange(len(keys))
     return [keys[i] for i in sorted(idx)]
 
 
@@ -56,7 +71,7 @@ def generate_profile(i: int, seed: int, spec: dict) -> dict:
     """Profile number ``i`` (a dict in the profiles schema plus ``music``: [(genre, artist)])."""
     rng = np.random.default_rng([seed, i])
     d, groups = spec["defaults"], spec["archetypes"]
-    group = _pick(rng, {name: g.get("weight", 1.0) for name, g in groups.items()})
+    group = _pick(rng, spec.setdefault("_group_weights", {name: g.get("weight", 1.0) for name, g in groups.items()}))
     g = groups[group]
 
     def dist(key):
@@ -70,7 +85,10 @@ def generate_profile(i: int, seed: int, spec: dict) -> dict:
     interests = _pick_many(rng, g["interests"], int(rng.integers(3, 7)))
     # A little noise outside the group: a shared interest across groups happens.
     if rng.random() < 0.3:
-        other = groups[_pick(rng, {n: 1.0 for n in groups if n != group} or {group: 1.0})]
+        others = spec.setdefault("_others", {})
+        if group not in others:
+            others[group] = {n: 1.0 for n in groups if n != group} or {group: 1.0}
+        other = groups[_pick(rng, others[group])]
         extra = _pick(rng, other["interests"])
         if extra not in interests:
             interests.append(extra)
@@ -143,7 +161,10 @@ def synthetic_rows(spark, src):
     from pyspark.sql import functions as F
     from lib.ids import stable_uuid_col
     from lib.sources import SourceRows
-    gen = synthetic_profiles(spark, src.num_profiles, src.seed, load_archetypes(src.archetypes_file))
+    from pyspark import StorageLevel
+    # Generated once: profiles and their music preferences are both cut from it.
+    gen = synthetic_profiles(spark, src.num_profiles, src.seed, load_archetypes(src.archetypes_file)) \
+        .persist(StorageLevel.MEMORY_AND_DISK)
     music = (gen.select(F.col("id").alias("user_id"), "created_at", F.posexplode("music").alias("j", "m"))
              .select(stable_uuid_col(F.concat_ws(":", F.col("user_id"), F.lit("music"), F.col("j"))).alias("id"),
                      "created_at", "user_id", F.col("m.genre").alias("genre"),
@@ -151,4 +172,4 @@ def synthetic_rows(spark, src):
     profiles = (gen.drop("music").withColumn("_age_raw", F.col("age").cast("string"))
                 .withColumn("_corrupt_record", F.lit(None).cast("string"))
                 .withColumn("_pos", F.monotonically_increasing_id()))
-    return SourceRows(profiles=profiles, music=music)
+    return SourceRows(profiles=profiles, music=music, cached=[gen])
