@@ -21,7 +21,7 @@ from lib.errors import CheckFailed, UserError
 ROOT = os.environ.get("TWOTOWER_HOME") or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = ("ingest", "synthesize", "features", "train", "embed", "index", "match", "evaluate")
 # What `pipeline` runs: every stage, then the audit of the published matches (then
-# `export` to the app's database when sink.url is set: see main).
+# `export` to the app's database when sink.url is set: see ``pipeline_stages``).
 PIPELINE = STAGES + ("audit",)
 # stage -> module with run(spark, cfg, run_id) -> dict
 MODULES = {"ingest": "lib.ingest", "synthesize": "lib.synthesize", "features": "lib.features.job",
@@ -47,6 +47,12 @@ def setup_logging() -> None:
     # Petastorm warns about float32 conversion and small files on every run: expected here.
     logging.getLogger("petastorm").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def pipeline_stages(cfg) -> list:
+    """The stages of ``pipeline``: all of them and the audit, then ``export`` when the app's
+    database is configured (sink.url), so only audited matches reach the app."""
+    return [*PIPELINE, "export"] if cfg.sink.url else list(PIPELINE)
 
 
 def run_stages(spark, cfg, stages, run_id: str) -> dict:
@@ -105,8 +111,8 @@ def main(stages: list, job: str | None = None, argv: list | None = None) -> int:
         from lib.session import build_spark
         spark = build_spark(cfg)
         run_id = cfg.run_id or lake.new_run_id()
-        if job == "pipeline" and cfg.sink.url and "export" not in stages:
-            stages = [*stages, "export"]  # only audited matches reach the app
+        if job == "pipeline":
+            stages = pipeline_stages(cfg)
         run_stages(spark, cfg, stages, run_id)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -76,7 +76,10 @@ def read_postgres(spark, src: SourceConfig, since: dt.datetime | None) -> Source
         keep_corrupt_text=True,  # rows come typed from the database: never a corrupt line
         complete=since is None,
         # One fixed ISO 8601 form (always microseconds, +00:00), so marks also sort as text.
+        # source_url (credential-free) keys the mark: the next incremental read of the same
+        # database starts from it.
         info={"watermark": watermark.isoformat(timespec="microseconds"), "mode": mode,
+              "source_url": pg.redact(url),
               "updated_after": lower.isoformat(timespec="microseconds") if lower is not None else None})
 
 
