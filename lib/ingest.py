@@ -53,7 +53,7 @@ def run(spark, cfg: Config, run_id: str) -> dict:
         profiles = keep(check_profiles(rows.profiles, gender_filter_on(src), src.kind not in NO_AGE_SOURCES))
         p_counts = _rule_counts(profiles)
         clock.lap("read and checked profiles")
-        if sum(p_counts.values()) == 0:
+        if sum(p_counts.values()) == 0 and rows.complete:  # (an incremental read may find nothing new)
             raise UserError(f"source {src.kind} produced no rows; check source.path / source.num_profiles")
         # Only a full read of the whole source says that an id it lacks was deleted there.
         complete = rows.complete and src.mode == "full"
