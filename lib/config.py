@@ -63,7 +63,7 @@ class SourceConfig:
 @dataclass
 class SynthesizeConfig:
     seed: int = 7
-    candidate_draws: int = 30  # random candidate slots drawn per user (never a cross join)
+    candidate_draws: int = 24  # random candidate slots drawn per user (never a cross join)
     positives_per_user: int = 10
     negatives_per_user: int = 10
     noise: float = 0.3  # std of the Gaussian noise added to the compatibility score

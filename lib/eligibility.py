@@ -10,12 +10,6 @@ def active_profiles(profiles):
                           & ~F.coalesce(F.col("banned"), F.lit(False)))
 
 
-def pool_key_col(gender_filter: bool):
-    """The pool a profile is drawn from / indexed in: its gender, or 'all' without a gender filter."""
-    from pyspark.sql import functions as F
-    return F.col("gender") if gender_filter else F.lit("all")
-
-
 def blocked_pairs(interactions):
     """(user_id, profile_id) pairs with a block in either direction (whatever the split)."""
     from pyspark.sql import functions as F

@@ -1,8 +1,8 @@
 """synthesize: synthetic interactions from the compatibility score, sampled per user.
 
-For each user a few dozen candidates are drawn at random from the pools of genders the
-user seeks (a join on random slot numbers, so the cost grows linearly with users, never a
-cross join); candidates that do not fit both ways are dropped. The noisy compatibility
+For each user a few dozen candidates are drawn at random from the pools of people who fit
+(of a gender the user seeks, seeking the user's gender) by a join on random slot numbers,
+so the cost grows linearly with users, never a cross join. The noisy compatibility
 score ranks them: the best become positives ('like'), random others negatives ('pass').
 A share of each user's positives is held out for evaluation.
 All randomness comes from hashes of (seed, ids): the same seed gives the same rows however
@@ -15,7 +15,7 @@ import math
 from lib import lake
 from lib.compatibility import DEFAULT_WEIGHTS, PAIR_FIELDS, compatibility_col, gaussian_noise_col, weights
 from lib.config import Config, gender_filter_on
-from lib.eligibility import active_profiles, pool_key_col
+from lib.eligibility import active_profiles
 from lib.errors import UserError
 from lib.ids import stable_uuid_col
 from lib.schema import INTERACTIONS_DDL, MUSIC_DDL, conform
@@ -31,7 +31,7 @@ def pair_attributes(profiles, music):
 
 
 def sample_candidates(active, draws: int, seed: int, gender_filter: bool, attrs=None):
-    """(user_id, profile_id) candidate pairs: about ``draws * SLOT_SIZE`` per user before the fit filter.
+    """(user_id, profile_id) candidate pairs: about ``draws * SLOT_SIZE`` per user, all fitting both ways.
 
     ``active``: id, gender, looking_for of the profiles that take part. With ``attrs``
     (``pair_attributes``) each pair also carries both sides' fields as ``u_*``/``p_*``,
@@ -39,7 +39,14 @@ def sample_candidates(active, draws: int, seed: int, gender_filter: bool, attrs=
     such pairs may repeat (``label_pairs`` removes repeats once the rows are narrow).
     """
     from pyspark.sql import functions as F
-    pool = active.select("id", "gender", "looking_for", pool_key_col(gender_filter).alias("pool"))
+    # Pools of people who fit from the start: "female>male" holds the women who seek men, so
+    # a man seeking women draws only from it and no draw is wasted on someone who would not
+    # want him (with a plain gender pool most of a gay man's draws were).
+    if gender_filter:
+        pool = active.select("id", "gender", "looking_for", F.explode("looking_for").alias("_seeks")) \
+            .withColumn("pool", F.concat_ws(">", "gender", "_seeks")).drop("_seeks")
+    else:
+        pool = active.select("id", "gender", "looking_for", F.lit("all").alias("pool"))
     sizes = {r["pool"]: r["count"] for r in pool.groupBy("pool").count().collect()}  # one row per pool
     slots = {k: max(1, math.ceil(n / SLOT_SIZE)) for k, n in sizes.items() if k is not None}
     if not slots:
@@ -50,7 +57,8 @@ def sample_candidates(active, draws: int, seed: int, gender_filter: bool, attrs=
     if attrs is not None:
         pool = pool.join(attrs.select("id", *[F.col(f).alias(f"p_{f}") for f in PAIR_FIELDS]), "id")
 
-    wants = F.col("looking_for") if gender_filter else F.array(F.lit("all"))
+    wants = (F.transform("looking_for", lambda g: F.concat_ws(">", g, F.col("gender"))) if gender_filter
+             else F.array(F.lit("all")))
     users = active.select(F.col("id").alias("user_id"), F.col("gender").alias("u_gender"), wants.alias("wants"))
     if attrs is not None:
         users = users.join(attrs.select(F.col("id").alias("user_id"), *[F.col(f).alias(f"u_{f}") for f in PAIR_FIELDS]),
