@@ -175,12 +175,27 @@ def recommend(queries_df, index_dir: str, manifest: dict, k: int, scorer: str, s
 def load_index(spark, cfg: Config, model_version: str):
     """(index_dir, manifest) of the newest index built for ``model_version``."""
     run = lake.latest_run(spark, cfg.lake.path, "index")
+    _refuse_if_erased_since(spark, cfg, run)
     index_dir = run["info"]["index_dir"]
     manifest = lake.read_json(os.path.join(index_dir, "manifest.json"))
     if manifest["model_version"] != model_version:
         raise UserError(f"the newest index was built for model {manifest['model_version']}, not {model_version}; "
                         "run 'index' (or pin --set model_version=...)")
     return index_dir, manifest
+
+
+def _refuse_if_erased_since(spark, cfg: Config, index_run: dict) -> None:
+    """An index built before an ingest erased accounts still holds their vectors: matching
+    with it could show a deleted or banned account, so it is refused."""
+    from pyspark.sql import functions as F
+    later = (lake.read_table(spark, cfg.lake.path, "runs")
+             .where((F.col("stage") == "ingest") & (F.col("status") == "succeeded"))
+             .where(F.col("finished_at") > F.lit(index_run["finished_at"]))
+             .where(F.get_json_object("info", "$.erased_rows.profiles").cast("long") > 0)
+             .select("run_id").limit(1).collect())
+    if later:
+        raise UserError(f"ingest run {later[0]['run_id']} erased deleted or banned accounts after the newest index "
+                        f"(run {index_run['run_id']}) was built; run embed and index first (or the pipeline)")
 
 
 def run(spark, cfg: Config, run_id: str) -> dict:

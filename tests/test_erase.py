@@ -101,3 +101,16 @@ def test_full_read_erases_what_the_source_no_longer_has_within_a_limit(spark, la
     assert {r["id"] for r in lake.read_table(spark, lake_dir, "profiles").collect()} == kept & first150
     # Erased: the 50 absent ones that were in the lake, and the read's own banned or deleted.
     assert info["erased_accounts"] == len(kept - first150) + len(first150 - kept)
+
+
+def test_match_refuses_an_index_built_before_accounts_were_erased(spark, lake_dir):
+    import datetime as dt
+    from lib.match import _refuse_if_erased_since
+    cfg = make_cfg(lake_dir)
+    index_run = {"run_id": "i1", "finished_at": dt.datetime(2026, 1, 1)}
+    lake.record_run(spark, lake_dir, "ingest", "g0", "", {"erased_rows": {"profiles": 0}})
+    _refuse_if_erased_since(spark, cfg, index_run)  # nothing erased: fine
+    lake.record_run(spark, lake_dir, "ingest", "g1", "", {"erased_rows": {"profiles": 2, "matches": 5}})
+    with pytest.raises(UserError, match="ingest run g1 erased deleted or banned accounts after the newest index"):
+        _refuse_if_erased_since(spark, cfg, index_run)
+    _refuse_if_erased_since(spark, cfg, {"run_id": "i2", "finished_at": dt.datetime(2100, 1, 1)})  # a newer index
