@@ -93,7 +93,7 @@ def run(spark, cfg: Config, run_id: str) -> dict:
             df.unpersist()
         shutil.rmtree(staging, ignore_errors=True)
 
-    if stats["lf"]:
+    if stats["lf"] and gender_filter_on(src):  # (without a gender filter nobody's genders matter)
         log.warning("looking_for was not given and could not be derived for %d profiles: they seek everyone",
                     stats["lf"])
     if stats["h"]:
