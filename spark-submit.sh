@@ -3,13 +3,13 @@
 #
 #   ./spark-submit.sh <job> [--conf FILE] [--set key=value ...]
 #
-# jobs: ingest synthesize features train embed index match evaluate audit pipeline
+# jobs: ingest synthesize features train embed index match evaluate audit export pipeline
 # The first call sets up the environment (scripts/bootstrap.sh); later calls reuse it.
 # Extra spark-submit options (a cluster master, executor memory) go in SPARK_SUBMIT_ARGS,
 # e.g. SPARK_SUBMIT_ARGS="--master yarn --num-executors 4", with --set spark.master=
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-jobs="ingest synthesize features train embed index match evaluate audit pipeline"
+jobs="ingest synthesize features train embed index match evaluate audit export pipeline"
 usage() { echo "usage: ./spark-submit.sh <job> [--conf FILE] [--set key=value ...]; jobs: $jobs" >&2; }
 
 job="${1:-}"

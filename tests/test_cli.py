@@ -27,6 +27,9 @@ def error_lines(output):
     (["train"], "run 'features' first"),
     (["ingest", "--set", "spark.master=bogus"], "Could not parse Master URL: 'bogus'"),
     (["ingest", "--set", "run_id=../.."], "may hold only"),
+    (["export"], "export needs the app's database"),
+    (["ingest", "--set", "source.kind=postgres", "--set", "source.url=jdbc:postgresql://h/db?password=pw"],
+     "must not carry a user or password"),
 ])
 def test_user_mistakes_give_one_line(tmp_path, args, words):
     lake_dir = str(tmp_path / "lake")
