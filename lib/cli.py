@@ -11,7 +11,9 @@ import importlib
 import logging
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 import warnings
 
@@ -97,10 +99,26 @@ def _short(info: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in info.items() if k != "seconds" and not isinstance(v, dict))
 
 
+_INTERRUPTED = []  # non-empty once Ctrl-C (SIGINT) arrived
+
+
+def _on_sigint(signum, frame):
+    _INTERRUPTED.append(signum)
+    raise KeyboardInterrupt
+
+
+def _interrupted_exit() -> int:
+    print("interrupted: finished stages are kept, the stage that was running left nothing behind",
+          file=sys.stderr)
+    return 130
+
+
 def main(stages: list, job: str | None = None, argv: list | None = None) -> int:
     job = job or stages[0]
     args = parse_args(job, sys.argv[1:] if argv is None else argv)
     setup_logging()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _on_sigint)
     started = time.time()
     try:
         from lib import lake
@@ -118,12 +136,15 @@ def main(stages: list, job: str | None = None, argv: list | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: finished stages are kept, the stage that was running left nothing behind",
-              file=sys.stderr)
-        return 130
+        return _interrupted_exit()
     except CheckFailed as e:
         print(f"check failed: {e}", file=sys.stderr)
         return 1
+    except Exception:
+        # Ctrl-C during a call into the JVM surfaces as a Py4J error, not KeyboardInterrupt.
+        if _INTERRUPTED:
+            return _interrupted_exit()
+        raise
     log.info("%s finished in %.1fs (run %s, lake %s)", job, time.time() - started, run_id,
              os.path.abspath(cfg.lake.path))
     return 0

@@ -69,6 +69,10 @@ def run(spark, cfg: Config, run_id: str) -> dict:
             counts["interactions"] = _rule_counts(inter)
 
         clock.lap("checked music preferences and interactions")
+        if complete:  # a full read must not silently empty a table either
+            for table, checked in (("music_preferences", music), ("interactions", inter)):
+                if checked is not None:
+                    _check_absent_rows(spark, cfg, checked, table)
         _quarantine(cfg, run_id, rows.keep_corrupt_text, profiles, music, inter, counts)
         _check_limits(counts, src.max_quarantine_fraction, run_id)
 
@@ -272,6 +276,25 @@ def _erased_ids(spark, cfg, profiles, complete: bool, staging: str):
     in_lake = n > 0 and lake.table_exists(spark, cfg.lake.path, "profiles") and \
         out.join(lake.read_table(spark, cfg.lake.path, "profiles").select("id"), "id", "left_semi").limit(1).count() > 0
     return out, n, in_lake
+
+
+def _check_absent_rows(spark, cfg, checked, table: str) -> None:
+    """A full read deletes this source's rows it lacks; refuse when that is more than
+    ``source.max_erase_fraction`` of them (a truncated file, not a mass deletion)."""
+    from pyspark.sql import functions as F
+    if not lake.table_exists(spark, cfg.lake.path, table):
+        return
+    mine = lake.read_table(spark, cfg.lake.path, table).where(F.col("source") == cfg.source.kind).select("id")
+    total = mine.count()
+    if not total:
+        return
+    absent = mine.join(checked.where(F.col("id").isNotNull()).select("id"), "id", "left_anti").count()
+    limit = cfg.source.max_erase_fraction
+    if absent / total > limit:
+        raise UserError(
+            f"source.mode=full: the read lacks {absent} of the lake's {total} {cfg.source.kind} {table} rows "
+            f"({absent / total:.1%}), more than source.max_erase_fraction={limit}; check the input, or raise "
+            "the limit if they really were deleted; nothing was changed")
 
 
 def _known_ids(spark, cfg, profiles, erased, staging: str):

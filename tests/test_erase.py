@@ -114,3 +114,36 @@ def test_match_refuses_an_index_built_before_accounts_were_erased(spark, lake_di
     with pytest.raises(UserError, match="ingest run g1 erased deleted or banned accounts after the newest index"):
         _refuse_if_erased_since(spark, cfg, index_run)
     _refuse_if_erased_since(spark, cfg, {"run_id": "i2", "finished_at": dt.datetime(2100, 1, 1)})  # a newer index
+
+
+def test_full_read_of_a_truncated_file_never_empties_a_table(spark, lake_dir, tmp_path):
+    import shutil
+    from tests.conftest import FIXTURES
+    folder = tmp_path / "lastfm"
+    shutil.copytree(os.path.join(FIXTURES, "lastfm_sample"), folder)
+    cfg = make_cfg(lake_dir, "source.kind=lastfm", f"source.path={folder}", "source.mode=full")
+    ingest.run(spark, cfg, "r1")
+    friends = lake.read_table(spark, lake_dir, "interactions").count()
+    assert friends > 0
+    version = spark.sql(f"DESCRIBE HISTORY delta.`{lake.table_path(lake_dir, 'interactions')}`").first()["version"]
+    header = (folder / "user_friends.dat").read_text(encoding="utf-8").splitlines()[0]
+    (folder / "user_friends.dat").write_text(header + "\n", encoding="utf-8")  # every friendship gone
+    # (On the sample the friends-only profiles go too, so the profiles guard speaks first.)
+    with pytest.raises(UserError, match=r"source.mode=full: the read lacks \d+ of the lake's"):
+        ingest.run(spark, cfg, "r2")
+    assert lake.read_table(spark, lake_dir, "interactions").count() == friends
+    assert spark.sql(f"DESCRIBE HISTORY delta.`{lake.table_path(lake_dir, 'interactions')}`").first()["version"] == version
+
+
+def test_full_read_guard_for_music_and_interactions(spark, lake_dir):
+    from lib.ingest import _check_absent_rows
+    from lib.schema import INTERACTIONS_DDL, conform
+    rows = [(f"i{i}", "u", f"p{i}", "like", "lastfm") for i in range(10)] + [("s1", "u", "p", "like", "synthetic")]
+    df = spark.createDataFrame(rows, "id string, user_id string, profile_id string, event string, source string")
+    lake.write_table(conform(df, INTERACTIONS_DDL), lake_dir, "interactions")
+    cfg = make_cfg(lake_dir, "source.kind=lastfm", "source.path=x", "source.mode=full")
+    read = spark.createDataFrame([(f"i{i}",) for i in range(9)], "id string")  # 1 of 10 absent: 10%, allowed
+    _check_absent_rows(spark, cfg, read, "interactions")
+    read = spark.createDataFrame([(f"i{i}",) for i in range(8)], "id string")  # 2 of 10 absent (synthetic not counted)
+    with pytest.raises(UserError, match=r"lacks 2 of the lake's 10 lastfm interactions rows \(20.0%\)"):
+        _check_absent_rows(spark, cfg, read, "interactions")
