@@ -57,6 +57,7 @@ def run(spark, cfg: Config, run_id: str) -> dict:
             raise UserError(f"source {src.kind} produced no rows; check source.path / source.num_profiles")
         # Only a full read of the whole source says that an id it lacks was deleted there.
         complete = rows.complete and src.mode == "full"
+        _refuse_mixed_gender_sources(spark, cfg)
         erased, n_erased, in_lake = _erased_ids(spark, cfg, profiles, complete, staging)
         known = _known_ids(spark, cfg, profiles, erased, staging)
         music = keep(check_music(rows.music, known, erased)) if rows.music is not None else None
@@ -74,7 +75,7 @@ def run(spark, cfg: Config, run_id: str) -> dict:
                 if checked is not None:
                     _check_absent_rows(spark, cfg, checked, table)
         _quarantine(cfg, run_id, rows.keep_corrupt_text, profiles, music, inter, counts)
-        _check_limits(counts, src.max_quarantine_fraction, run_id)
+        _check_limits(counts, src.max_quarantine_fraction, run_id, None if rows.complete else _lake_sizes(spark, cfg))
 
         good = profiles.where(F.col("_action") == "upsert")
         stats = _upsert_profiles(spark, cfg, good, run_id)
@@ -238,9 +239,17 @@ def _quarantine(cfg, run_id, keep_text, profiles, music, inter, counts) -> None:
                  _by_rule(c))
 
 
-def _check_limits(counts: dict, limit: float, run_id: str) -> None:
+def _lake_sizes(spark, cfg) -> dict:
+    return {t: lake.read_table(spark, cfg.lake.path, t).count() if lake.table_exists(spark, cfg.lake.path, t) else 0
+            for t in ("profiles", "music_preferences", "interactions")}
+
+
+def _check_limits(counts: dict, limit: float, run_id: str, lake_sizes: dict | None = None) -> None:
+    """Fail past the limit. An incremental read (``lake_sizes`` given) is measured against
+    the table it lands in, so one bad signup among a few changed rows does not stall it."""
     for table, c in counts.items():
-        total, bad = sum(c.values()), _bad(c)
+        bad = _bad(c)
+        total = sum(c.values()) + (lake_sizes or {}).get(table, 0)
         if total and bad / total > limit:
             raise UserError(
                 f"{bad} of {total} rows of {table} ({bad / total:.1%}) failed validation, more than "
@@ -276,6 +285,23 @@ def _erased_ids(spark, cfg, profiles, complete: bool, staging: str):
     in_lake = n > 0 and lake.table_exists(spark, cfg.lake.path, "profiles") and \
         out.join(lake.read_table(spark, cfg.lake.path, "profiles").select("id"), "id", "left_semi").limit(1).count() > 0
     return out, n, in_lake
+
+
+def _refuse_mixed_gender_sources(spark, cfg) -> None:
+    """The gender filter holds for a whole lake: a source without genders (filter off) and
+    one with genders must not share one, or people would get matches against their stated
+    preferences (or none at all)."""
+    from lib.config import NO_GENDER_SOURCES
+    if not lake.table_exists(spark, cfg.lake.path, "profiles"):
+        return
+    kinds = {r["source"] for r in lake.read_table(spark, cfg.lake.path, "profiles").select("source").distinct()
+             .collect()}  # a handful of source names
+    mine = cfg.source.kind
+    clash = sorted(k for k in kinds if k and (k in NO_GENDER_SOURCES) != (mine in NO_GENDER_SOURCES))
+    if clash:
+        raise UserError(f"lake {cfg.lake.path} holds profiles of source {', '.join(clash)}; source {mine} "
+                        f"{'has no' if mine in NO_GENDER_SOURCES else 'has'} genders, so the gender filter cannot "
+                        "hold for both: ingest it into a lake of its own (--set lake.path=...)")
 
 
 def _check_absent_rows(spark, cfg, checked, table: str) -> None:

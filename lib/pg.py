@@ -29,7 +29,9 @@ def check_url(url: str, key: str = "url") -> str:
     if not url.startswith(_PREFIX):
         raise UserError(f"{key} {redact(url)!r} is not a PostgreSQL JDBC URL; give {_FORM}")
     authority = url[len(_PREFIX):].split("/", 1)[0].split("?", 1)[0]
-    if "@" in authority or any(_secret_param(k) for k, _ in _params(url)):
+    # Anything that looks like a credential anywhere (?, ;, # or & forms), not just in the query.
+    if "@" in authority or any(_secret_param(k) for k, _ in _params(url)) or \
+            re.search(r"(?i)[?;#&]\s*(ssl)?(password|passwd|pwd|user)\s*=", url):
         raise UserError(f"{key} must not carry a user or password; give {_FORM} and put the credentials "
                         "in the environment: PGUSER and PGPASSWORD")
     if not authority or not _database(url):

@@ -28,6 +28,10 @@ def error_lines(output):
     (["ingest", "--set", "spark.master=bogus"], "Could not parse Master URL: 'bogus'"),
     (["ingest", "--set", "run_id=../.."], "may hold only"),
     (["export"], "export needs the app's database"),
+    (["ingest", "--set", "source.kind=postgres", "--set", "source.url=jdbc:postgresql://h/db#password=pw"],
+     "must not carry a user or password"),
+    (["ingest", "--set", "source.kind=postgres", "--set", "source.url=jdbc:postgresql://h/db;password=pw"],
+     "must not carry a user or password"),
     (["ingest", "--set", "source.kind=postgres", "--set", "source.url=jdbc:postgresql://h/db?password=pw"],
      "must not carry a user or password"),
 ])

@@ -402,3 +402,19 @@ def test_lastfm_full_read_erases_a_removed_user_incremental_keeps_them(spark, la
     assert set(m) == set(music2) and not set(m.values()) & gone
     assert sorted(i) == sorted((uid(u), uid(f)) for u, f in friends2)
     assert not {x for pair in i for x in pair} & gone
+
+
+def test_a_source_without_genders_never_shares_a_lake_with_one_that_has_them(spark, lake_dir):
+    ingest.run(spark, make_cfg(lake_dir, "source.num_profiles=50"), "r1")
+    before = lake.read_table(spark, lake_dir, "profiles").count()
+    with pytest.raises(UserError, match="holds profiles of source synthetic; source lastfm has no genders"):
+        ingest.run(spark, lastfm_cfg(lake_dir), "r2")
+    assert lake.read_table(spark, lake_dir, "profiles").count() == before
+
+
+def test_an_incremental_reads_bad_share_is_measured_against_the_table():
+    from lib.ingest import _check_limits
+    counts = {"profiles": {None: 10, "age_under_18": 1}}
+    _check_limits(counts, 0.05, "r", {"profiles": 1000})  # 1 of 1,011: fine
+    with pytest.raises(UserError, match=r"1 of 11 rows of profiles"):
+        _check_limits(counts, 0.05, "r")  # a whole read of 11 rows: 9%
