@@ -150,9 +150,7 @@ def check_profiles(cands, gender_filter: bool, has_age: bool):
     # account must go.
     erase = F.coalesce(F.col("_corrupt_record").isNull() & has_id & (deleted | banned), F.lit(False))
     checked = apply_rules(cands.withColumn("_erase", erase), profile_rules(gender_filter, has_age))
-    checked = (checked.withColumn("_rule", F.when(F.col("_erase"), None).otherwise(F.col("_rule")))
-               .withColumn("_reason", F.when(F.col("_erase"), None).otherwise(F.col("_reason"))))
-    checked = mark_duplicates(checked, "id", "_pos")
+    checked = mark_duplicates(_exempt(checked, F.col("_erase")), "id", "_pos")
     action = (F.when(F.col("_rule").isNotNull(), "keep").when(F.col("_erase"), "erase").otherwise("upsert"))
     return checked.withColumn("_action", action)
 
@@ -160,8 +158,9 @@ def check_profiles(cands, gender_filter: bool, has_age: bool):
 def check_music(music, known, erased=None):
     """Music rows with ``_rule``/``_reason``/``_action`` (upsert, delete, skip or keep)."""
     marked = _mark_known(music, known, "user_id", "_user_known")
-    gone = _mark_known(marked, erased, "user_id", "_user_erased") if erased is not None else None
-    return _finish(apply_rules(gone if gone is not None else marked, music_rules()))
+    if erased is not None:
+        marked = _mark_known(marked, erased, "user_id", "_user_erased")
+    return _finish(apply_rules(marked, music_rules()))
 
 
 def check_interactions(inter, known, erased=None):
@@ -171,6 +170,14 @@ def check_interactions(inter, known, erased=None):
         marked = _mark_known(_mark_known(marked, erased, "user_id", "_user_erased"),
                              erased, "profile_id", "_profile_erased")
     return _finish(apply_rules(marked, interaction_rules()))
+
+
+def _exempt(checked, cond):
+    """Clear the rule a row broke where ``cond`` holds: such rows are not judged (a row
+    that deletes or erases must take effect whatever else it says)."""
+    from pyspark.sql import functions as F
+    return (checked.withColumn("_rule", F.when(cond, None).otherwise(F.col("_rule")))
+            .withColumn("_reason", F.when(cond, None).otherwise(F.col("_reason"))))
 
 
 def _mark_known(df, known, col: str, flag: str):
@@ -194,10 +201,7 @@ def _finish(checked):
             erased = erased | F.col(flag)
     has_id = F.col("id").isNotNull() & (F.col("id") != "")
     delete = F.coalesce(has_id & deleted, F.lit(False))
-    unjudged = delete | erased
-    checked = (checked.withColumn("_rule", F.when(unjudged, None).otherwise(F.col("_rule")))
-               .withColumn("_reason", F.when(unjudged, None).otherwise(F.col("_reason"))))
-    checked = mark_duplicates(checked, "id", "_pos")
+    checked = mark_duplicates(_exempt(checked, delete | erased), "id", "_pos")
     action = (F.when(F.col("_rule").isNotNull(), "keep").when(delete, "delete").when(erased, "skip")
               .otherwise("upsert"))
     return checked.withColumn("_action", action)
