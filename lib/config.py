@@ -73,7 +73,12 @@ class SynthesizeConfig:
 @dataclass
 class FeaturesConfig:
     max_categories: int = 30  # one-hot vocabulary size per categorical (plus other, missing)
-    max_multi_hot: int = 100  # multi-hot vocabulary size for interests and genres
+    max_multi_hot: int = 100  # a multi-valued field with more values becomes embedding-bag ids
+    max_bag_vocab: int = 50000  # embedding-bag vocabulary per field; rarer values share hashed buckets
+    hash_buckets: int = 100  # per embedding-bag field, for values never seen in fitting
+    max_bag_ids: int = 16  # ids kept per multi-valued embedding-bag field (most frequent first)
+    min_count: int = 2  # a value seen fewer times gets no vocabulary entry of its own
+    new_user_days: int = 30  # a profile younger than this is flagged new
 
 
 @dataclass
@@ -84,6 +89,7 @@ class TrainConfig:
     learning_rate: float = 0.003
     hidden_units: list = field(default_factory=lambda: [128])
     embedding_dim: int = 64
+    bag_dim: int = 16  # embedding size of each embedding-bag field (city, job title, artists, ...)
     temperature: float = 0.1
     seed: int = 1
 
@@ -272,11 +278,17 @@ def _check(cfg: Config) -> None:
         "train.epochs": cfg.train.epochs,
         "train.batch_size": cfg.train.batch_size,
         "train.embedding_dim": cfg.train.embedding_dim,
+        "train.bag_dim": cfg.train.bag_dim,
         "index.max_shard_size": cfg.index.max_shard_size,
         "match.k": cfg.match.k,
         "match.query_batch": cfg.match.query_batch,
         "features.max_categories": cfg.features.max_categories,
         "features.max_multi_hot": cfg.features.max_multi_hot,
+        "features.max_bag_vocab": cfg.features.max_bag_vocab,
+        "features.hash_buckets": cfg.features.hash_buckets,
+        "features.max_bag_ids": cfg.features.max_bag_ids,
+        "features.min_count": cfg.features.min_count,
+        "features.new_user_days": cfg.features.new_user_days,
         "source.jdbc_partitions": cfg.source.jdbc_partitions,
         "sink.write_partitions": cfg.sink.write_partitions,
     }

@@ -34,7 +34,7 @@ def _tower(model_dir: str, which: str):
 
 
 def embed(features, model_dir: str, which: str):
-    """DataFrame (id, features) -> (id, embedding) through the ``which`` tower ('user' or 'profile')."""
+    """DataFrame (id, dense, ids) -> (id, embedding) through the ``which`` tower ('user' or 'profile')."""
     import numpy as np
     import pandas as pd
 
@@ -43,8 +43,9 @@ def embed(features, model_dir: str, which: str):
         for pdf in batches:
             if len(pdf) == 0:
                 continue
-            x = np.stack(pdf["features"].values).astype(np.float32)
-            out = np.concatenate([tower(x[i:i + BATCH], training=False).numpy()
+            x = np.stack(pdf["dense"].values).astype(np.float32)
+            ids = np.stack(pdf["ids"].values).astype(np.int32)
+            out = np.concatenate([tower([x[i:i + BATCH], ids[i:i + BATCH]], training=False).numpy()
                                   for i in range(0, len(x), BATCH)])
             yield pd.DataFrame({"id": pdf["id"].values, "embedding": list(out)})
 
@@ -58,7 +59,7 @@ def run(spark, cfg: Config, run_id: str) -> dict:
     features_run = lake.read_json(os.path.join(model_dir, "version.json"))["features_run_id"]
     feats = lake.read_table(spark, cfg.lake.path, "features", "features").where(F.col("run_id") == features_run)
     active = active_profiles(lake.read_table(spark, cfg.lake.path, "profiles", "ingest")).select("id")
-    feats = feats.join(active, "id", "left_semi").select("id", "features")
+    feats = feats.join(active, "id", "left_semi").select("id", "dense", "ids")
     out = {}
     for which, table, key in (("user", "user_embeddings", "user_id"), ("profile", "profile_embeddings", "profile_id")):
         emb = (embed(feats, model_dir, which).withColumnRenamed("id", key)

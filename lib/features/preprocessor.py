@@ -1,107 +1,163 @@
 """The fitted preprocessor: plain Python and numpy, no Spark needed to transform.
 
 The same object transforms training data and bulk inference (inside ``mapInPandas`` on the
-executors) and a single new profile (``transform_one``). Layout of the output vector, in
-order (see ``feature_names``):
+executors, see ``lib.features.job.transform``) and a single new profile (``transform_one``).
+Both towers read its output, so the user and the profile side see the same kinds of features.
 
-- one-hot per categorical field: [missing, other, v1..vN] (vocabulary fitted, top N)
-- one-hot per extra attribute key (OkCupid's body_type, diet, ...): same layout
-- multi-hot per list field (interests, genres): one slot per fitted value
-- per numeric field: standardised value (0 when missing) and a missing indicator
+Output per profile:
 
-Names, photos and bios are not inputs: they are never read here.
+- ``dense`` [dense_dim] float32, in order (names: ``feature_names``):
+  one-hot per categorical [missing, other, v1..vN]; multi-hot per small multi-valued field
+  [missing, other, v1..vN]; a missing indicator per embedding-bag field; per number its
+  standardised value (imputed with the fitted mean, i.e. 0) and a missing indicator; flags.
+- ``ids`` [id_slots] int32: per embedding-bag field ``length`` slots, 0 = empty, 1..V the
+  fitted vocabulary, V+1..V+B hashed buckets for values never seen in fitting
+  (bucket = crc32("field\\x1fvalue") mod B: the same in any process and language).
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
-import math
+import logging
+import zlib
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-CATEGORICAL = ("gender", "sexual_orientation", "relationship_goal", "education_level", "drinking_habits",
-               "smoking_habits", "location", "job_title", "group_id")
-MULTI_HOT = ("interests", "genres")
-NUMERIC = ("age", "height")
-INPUT_COLUMNS = ("id",) + CATEGORICAL + MULTI_HOT + NUMERIC + ("attributes",)
+from lib.errors import UserError
+from lib.features import parse
+
+FORMAT = 2  # bump when the layout or the parsing changes meaning: older artifacts are refused
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class Preprocessor:
     version: str
-    categorical: dict = field(default_factory=dict)  # field -> [values]
-    attributes: dict = field(default_factory=dict)  # attribute key -> [values]
+    fitted_at: str  # naive UTC, ISO: the moment the fitting data's tenure was measured at
+    new_user_days: int = 30
+    one_hot: dict = field(default_factory=dict)  # field -> [values]
     multi_hot: dict = field(default_factory=dict)  # field -> [values]
-    numeric: dict = field(default_factory=dict)  # field -> [mean, std]
+    bags: dict = field(default_factory=dict)  # field -> {"vocab": [values], "buckets": B, "length": slots}
+    numeric: dict = field(default_factory=dict)  # field -> [mean, std] of the fitting data
+    flags: list = field(default_factory=lambda: list(parse.FLAGS))
+    format: int = FORMAT
 
     def __post_init__(self):
-        # The vector layout follows key order: make it canonical (sorted), so a preprocessor
-        # read back from JSON lays out vectors exactly as the one that was fitted.
-        for name in ("categorical", "attributes", "multi_hot", "numeric"):
+        # The vector layout follows key order: canonical (sorted), so a preprocessor read back
+        # from JSON lays out vectors exactly as the fitted one.
+        for name in ("one_hot", "multi_hot", "bags", "numeric"):
             setattr(self, name, dict(sorted(getattr(self, name).items())))
+        # Lookup tables (not fields: not saved, not compared).
+        self._one_hot_index = {f: {v: i + 2 for i, v in enumerate(vocab)} for f, vocab in self.one_hot.items()}
+        self._multi_index = {f: {v: i + 2 for i, v in enumerate(vocab)} for f, vocab in self.multi_hot.items()}
+        self._bag_index = {f: {v: i + 1 for i, v in enumerate(b["vocab"])} for f, b in self.bags.items()}
+        self._dense_dim = len(self.feature_names())
 
     # --- layout ---------------------------------------------------------------------
     @property
-    def dim(self) -> int:
-        return (sum(len(v) + 2 for v in self.categorical.values())
-                + sum(len(v) + 2 for v in self.attributes.values())
-                + sum(len(v) for v in self.multi_hot.values()) + 2 * len(self.numeric))
+    def dense_dim(self) -> int:
+        return self._dense_dim
+
+    @property
+    def id_slots(self) -> int:
+        return sum(b["length"] for b in self.bags.values())
 
     def feature_names(self) -> list[str]:
         names = []
-        for kind, table in (("cat", self.categorical), ("attr", self.attributes)):
+        for kind, table in (("cat", self.one_hot), ("multi", self.multi_hot)):
             for f, vocab in table.items():
                 names += [f"{kind}:{f}=<missing>", f"{kind}:{f}=<other>"] + [f"{kind}:{f}={v}" for v in vocab]
-        for f, vocab in self.multi_hot.items():
-            names += [f"multi:{f}={v}" for v in vocab]
+        names += [f"bag:{f}=<missing>" for f in self.bags]
         for f in self.numeric:
             names += [f"num:{f}", f"num:{f}=<missing>"]
-        return names
+        return names + [f"flag:{f}" for f in self.flags]
 
-    # --- transform ------------------------------------------------------------------
-    def transform(self, pdf) -> np.ndarray:
-        """[len(pdf), dim] float32 for a pandas DataFrame with the columns of ``INPUT_COLUMNS``
-        (absent columns count as missing)."""
-        n = len(pdf)
-        out = np.zeros((n, self.dim), dtype=np.float32)
-        rows = np.arange(n)
-        col = 0
-        for f, vocab in self.categorical.items():
-            values = pdf[f] if f in pdf else [None] * n
-            out[rows, col + self._one_hot_index(values, vocab)] = 1.0
-            col += len(vocab) + 2
-        attrs = [_as_dict(a) for a in (pdf["attributes"] if "attributes" in pdf else [None] * n)]
-        for key, vocab in self.attributes.items():
-            out[rows, col + self._one_hot_index([a.get(key) for a in attrs], vocab)] = 1.0
-            col += len(vocab) + 2
-        for f, vocab in self.multi_hot.items():
-            index = {v: i for i, v in enumerate(vocab)}
-            values = pdf[f] if f in pdf else [None] * n
-            for r, items in enumerate(values):
-                for item in (items if items is not None else ()):
-                    j = index.get(item)
-                    if j is not None:
-                        out[r, col + j] = 1.0
-            col += len(vocab)
-        for f, (mean, std) in self.numeric.items():
-            x = np.asarray(pdf[f] if f in pdf else [None] * n, dtype=np.float64)  # None -> nan
-            missing = np.isnan(x)
-            out[:, col] = np.where(missing, 0.0, (x - mean) / std).astype(np.float32)
-            out[:, col + 1] = missing.astype(np.float32)
-            col += 2
+    def bag_layout(self) -> list[dict]:
+        """What a tower needs to build its embedding bags: slot range and id count per field."""
+        out, start = [], 0
+        for f, b in self.bags.items():
+            out.append({"field": f, "start": start, "length": b["length"], "size": len(b["vocab"]) + b["buckets"] + 1})
+            start += b["length"]
         return out
 
-    def transform_one(self, profile: dict) -> np.ndarray:
-        """[dim] float32 for one profile given as a dict (a new user, no Spark)."""
-        import pandas as pd
-        row = {c: [profile.get(c)] for c in INPUT_COLUMNS}
-        return self.transform(pd.DataFrame(row))[0]
+    def bag_id(self, f: str, value: str) -> int:
+        b = self.bags[f]
+        hit = self._bag_index[f].get(value)
+        if hit is not None:
+            return hit
+        return len(b["vocab"]) + 1 + zlib.crc32(f"{f}\x1f{value}".encode("utf-8")) % b["buckets"]
 
-    @staticmethod
-    def _one_hot_index(values, vocab) -> np.ndarray:
-        index = {v: i + 2 for i, v in enumerate(vocab)}
-        return np.fromiter((0 if _missing(v) else index.get(v, 1) for v in values), dtype=np.int64,
-                           count=len(values))
+    # --- transform ------------------------------------------------------------------
+    def parse(self, row: dict, as_of: dt.datetime) -> parse.Parsed:
+        return parse.parse_profile(row, as_of, self.new_user_days)
+
+    def encode(self, parsed: list) -> tuple[np.ndarray, np.ndarray]:
+        """(dense [n, dense_dim] float32, ids [n, id_slots] int32) for ``Parsed`` records."""
+        n = len(parsed)
+        dense = np.zeros((n, self.dense_dim), dtype=np.float32)
+        ids = np.zeros((n, self.id_slots), dtype=np.int32)
+        for r, p in enumerate(parsed):
+            col = 0
+            for f, vocab in self.one_hot.items():
+                v = p.cats.get(f)
+                dense[r, col + (0 if v is None else self._one_hot_index[f].get(v, 1))] = 1.0
+                col += len(vocab) + 2
+            for f, vocab in self.multi_hot.items():
+                values = p.lists.get(f) or ()
+                if not values:
+                    dense[r, col] = 1.0
+                index = self._multi_index[f]
+                for v in values:
+                    dense[r, col + index.get(v, 1)] = 1.0
+                col += len(vocab) + 2
+            slot = 0
+            for f, b in self.bags.items():
+                values = p.lists.get(f) or ()
+                if not values:
+                    dense[r, col] = 1.0
+                for j, v in enumerate(values[:b["length"]]):
+                    ids[r, slot + j] = self.bag_id(f, v)
+                col += 1
+                slot += b["length"]
+            for f, (mean, std) in self.numeric.items():
+                x = p.nums.get(f)
+                if x is None:
+                    dense[r, col + 1] = 1.0  # imputed: the fitted mean, standardised 0
+                else:
+                    dense[r, col] = (x - mean) / std
+                col += 2
+            for f in self.flags:
+                dense[r, col] = float(p.flags.get(f, 0))
+                col += 1
+        return dense, ids
+
+    def transform(self, rows, as_of: dt.datetime) -> tuple[list, np.ndarray, np.ndarray]:
+        """(parsed records, dense, ids) for input rows (dicts, or a pandas DataFrame)."""
+        if hasattr(rows, "to_dict"):
+            rows = rows.to_dict("records")
+        as_of = parse.as_datetime(as_of)
+        parsed = [self.parse(r, as_of) for r in rows]
+        dense, ids = self.encode(parsed)
+        return parsed, dense, ids
+
+    def transform_one(self, profile: dict, music: list | None = None,
+                      as_of: dt.datetime | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(dense, ids) for one profile (a dict of profile columns, a new user: no Spark).
+
+        ``music``: the user's music preference rows as dicts with ``genre`` and ``artist_name``
+        (or give ``genres`` / ``artists`` lists in ``profile``). ``as_of``: when tenure is
+        measured, default now (UTC). Unknown keys are ignored with a warning; a required key
+        missing is a ``UserError`` naming it.
+        """
+        check_columns(profile.keys(), "profile")
+        row = dict(profile)
+        if music is not None:
+            row["genres"] = [m.get("genre") for m in music]
+            row["artists"] = [m.get("artist_name") for m in music]
+        when = as_of or dt.datetime.now(dt.timezone.utc)
+        _, dense, ids = self.transform([row], when)
+        return dense[0], ids[0]
 
     # --- persistence ----------------------------------------------------------------
     def to_json(self) -> str:
@@ -109,7 +165,12 @@ class Preprocessor:
 
     @classmethod
     def from_json(cls, text: str) -> "Preprocessor":
-        return cls(**json.loads(text))
+        data = json.loads(text)
+        data.setdefault("format", 1)  # the first preprocessor had no format field
+        if data["format"] != FORMAT:
+            raise UserError(f"preprocessor {data.get('version')!r} has format {data['format']}, this code reads "
+                            f"format {FORMAT}; run 'features' (and 'train') again to fit a new one")
+        return cls(**data)
 
     def save(self, path: str) -> None:
         from lib.lake import write_json_atomic
@@ -117,16 +178,20 @@ class Preprocessor:
 
     @classmethod
     def load(cls, path: str) -> "Preprocessor":
-        with open(path, encoding="utf-8") as f:
-            return cls.from_json(f.read())
+        try:
+            with open(path, encoding="utf-8") as f:
+                return cls.from_json(f.read())
+        except FileNotFoundError:
+            raise UserError(f"no preprocessor at {path}; run 'features' first") from None
 
 
-def _missing(v) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v)) or v == ""
-
-
-def _as_dict(a) -> dict:
-    """Spark map values arrive in pandas as a dict or as a list of (key, value) pairs."""
-    if a is None or (isinstance(a, float) and math.isnan(a)):
-        return {}
-    return a if isinstance(a, dict) else dict(a)
+def check_columns(columns, what: str) -> None:
+    """Fail naming a required column that is absent; warn once about columns not read."""
+    columns = list(columns)
+    absent = parse.missing_columns(columns)
+    if absent:
+        raise UserError(f"{what} has no column {', '.join(repr(c) for c in absent)}, which the features need "
+                        f"(a null value is fine, the column must be there)")
+    unknown = parse.unknown_columns(columns)
+    if unknown:
+        log.warning("%s: ignoring column(s) the features do not read: %s", what, ", ".join(unknown))

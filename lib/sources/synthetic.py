@@ -109,6 +109,7 @@ def generate_profile(i: int, seed: int, spec: dict) -> dict:
         "gender": gender,
         "sexual_orientation": orientation,
         "location": city["name"],
+        "region": city.get("region"),
         "latitude": float(city["lat"]) + float(rng.normal(0, 0.05)),
         "longitude": float(city["lon"]) + float(rng.normal(0, 0.05)),
         "bio": f"Into {', '.join(interests)}.",
@@ -128,7 +129,7 @@ def generate_profile(i: int, seed: int, spec: dict) -> dict:
 
 _GEN_DDL = (
     "id string, created_at timestamp, name string, avatar_url string, setup_complete boolean, "
-    "age int, gender string, sexual_orientation string, location string, latitude double, "
+    "age int, gender string, sexual_orientation string, location string, region string, latitude double, "
     "longitude double, bio string, interests array<string>, relationship_goal string, "
     "education_level string, job_title string, height double, drinking_habits string, "
     "smoking_habits string, group_id string, banned boolean, deleted_at timestamp, "

@@ -15,17 +15,18 @@ ROWS_PER_FILE = 50000  # Petastorm shards by row group: enough files that every 
 
 
 def training_pairs(spark, cfg: Config, features_run: str):
-    """(u, p, pkey): features of user and positive profile for each training positive."""
+    """(u_dense, u_ids, p_dense, p_ids, pkey): features of user and positive profile for each
+    training positive."""
     from pyspark.sql import functions as F
     inter = lake.read_table(spark, cfg.lake.path, "interactions", "synthesize")
     feats = lake.read_table(spark, cfg.lake.path, "features", "features").where(F.col("run_id") == features_run)
     pos = inter.where((F.col("label") == 1) & (F.col("split") == "train")).select("user_id", "profile_id")
-    u = feats.select(F.col("id").alias("user_id"), F.col("features").alias("u"))
-    p = feats.select(F.col("id").alias("profile_id"), F.col("features").alias("p"))
+    u = feats.select(F.col("id").alias("user_id"), F.col("dense").alias("u_dense"), F.col("ids").alias("u_ids"))
+    p = feats.select(F.col("id").alias("profile_id"), F.col("dense").alias("p_dense"), F.col("ids").alias("p_ids"))
     return (pos.join(u, "user_id").join(p, "profile_id")
             # A fixed shuffled order: same seed, same data order.
             .orderBy(F.xxhash64(F.lit(cfg.train.seed), F.col("user_id"), F.col("profile_id")))
-            .select("u", "p", F.xxhash64(F.col("profile_id")).alias("pkey")))
+            .select("u_dense", "u_ids", "p_dense", "p_ids", F.xxhash64(F.col("profile_id")).alias("pkey")))
 
 
 def run(spark, cfg: Config, run_id: str) -> dict:
@@ -57,7 +58,7 @@ def run(spark, cfg: Config, run_id: str) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         converter = make_spark_converter(pairs.repartition(n_files), parquet_row_group_size_bytes=8 << 20)
-    params = {"input_dim": pre.dim, "hidden_units": tc.hidden_units, "embedding_dim": tc.embedding_dim,
+    params = {"dense_dim": pre.dense_dim, "bag_layout": pre.bag_layout(), "bag_dim": tc.bag_dim, "hidden_units": tc.hidden_units, "embedding_dim": tc.embedding_dim,
               "temperature": tc.temperature, "epochs": tc.epochs, "batch_size": tc.batch_size,
               "learning_rate": tc.learning_rate, "seed": tc.seed, "out_dir": tmp_dir,
               "steps_per_epoch": steps_per_epoch(rows, tc.batch_size, tc.num_proc)}

@@ -21,7 +21,7 @@ def train_worker(converter, params: dict) -> dict:
     import tensorflow as tf
 
     from lib.train.loss import in_batch_softmax_loss
-    from lib.train.towers import build_tower, save_towers
+    from lib.train.towers import save_towers, tower_from_meta
 
     hvd.init()
     # Threads: the ranks on one machine share its cores, never more threads than cores.
@@ -30,9 +30,9 @@ def train_worker(converter, params: dict) -> dict:
     tf.config.threading.set_inter_op_parallelism_threads(1)
     tf.random.set_seed(params["seed"])
 
-    dim, b = params["input_dim"], params["batch_size"]
-    user_tower = build_tower("user", dim, params["hidden_units"], params["embedding_dim"])
-    profile_tower = build_tower("profile", dim, params["hidden_units"], params["embedding_dim"])
+    b = params["batch_size"]
+    user_tower = tower_from_meta("user", params)
+    profile_tower = tower_from_meta("profile", params)
     variables = user_tower.trainable_variables + profile_tower.trainable_variables
     # Horovod: every rank starts from rank 0's weights.
     hvd.broadcast_variables(variables, root_rank=0)
@@ -40,10 +40,10 @@ def train_worker(converter, params: dict) -> dict:
     offset = hvd.rank() * b
 
     @tf.function
-    def step(u, p, pkey):
+    def step(u_dense, u_ids, p_dense, p_ids, pkey):
         with tf.GradientTape() as tape:
-            ue = user_tower(u, training=True)
-            pe = profile_tower(p, training=True)
+            ue = user_tower([u_dense, u_ids], training=True)
+            pe = profile_tower([p_dense, p_ids], training=True)
             # Horovod: negatives from every rank, so N ranks see what one rank with N*B would.
             loss = in_batch_softmax_loss(ue, hvd.allgather(pe), hvd.allgather(pkey), pkey, offset,
                                          params["temperature"])
@@ -62,7 +62,7 @@ def train_worker(converter, params: dict) -> dict:
             t0, total = time.time(), 0.0
             for _ in range(steps):
                 batch = next(it)
-                total += float(step(batch.u, batch.p, batch.pkey))
+                total += float(step(batch.u_dense, batch.u_ids, batch.p_dense, batch.p_ids, batch.pkey))
             # Horovod: the epoch's loss averaged over ranks.
             mean = float(hvd.allreduce(tf.constant(total / steps), op=hvd.Average))
             history.append(mean)
@@ -73,7 +73,7 @@ def train_worker(converter, params: dict) -> dict:
                       f"{steps * b * hvd.size() / took:,.0f} examples/s, about {left:.0f}s left", flush=True)
     if hvd.rank() == 0:
         save_towers(params["out_dir"], user_tower, profile_tower, {
-            **{k: params[k] for k in ("input_dim", "hidden_units", "embedding_dim", "temperature",
+            **{k: params[k] for k in ("dense_dim", "bag_layout", "bag_dim", "hidden_units", "embedding_dim", "temperature",
                                       "epochs", "batch_size", "learning_rate", "steps_per_epoch")},
             "num_proc": hvd.size(), "final_loss": history[-1], "loss_history": history,
             "train_seconds": round(time.time() - started, 1)})
