@@ -12,21 +12,14 @@ Last line: JSON with profiles, wall_s, driver_peak_rss_mb and the other figures.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import resource
 import shutil
 import sys
-import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from scale_setup import parse_args, peak_rss_mb, synthetic_lake_config  # noqa: E402
 
 
 def reference_rows_per_s(n: int, seed: int, archetypes: str) -> float:
@@ -40,25 +33,12 @@ def reference_rows_per_s(n: int, seed: int, archetypes: str) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--full", action="store_true", help="1,000,000 profiles (the issue's size)")
-    p.add_argument("--profiles", type=int, help="number of profiles (default 50,000; --full 1,000,000)")
-    p.add_argument("--lake", help="lake folder (default: a temporary folder, removed after)")
-    p.add_argument("--driver-memory", default="6g", help="JVM memory of local Spark (not the Python driver)")
-    args = p.parse_args()
-    n = args.profiles or (1_000_000 if args.full else 50_000)
-    lake_dir = args.lake or tempfile.mkdtemp(prefix="synthetic-scale-")
-
+    args = parse_args(__doc__, 50_000, 1_000_000)
+    n = args.n
+    cfg, lake_dir = synthetic_lake_config(args, "synthetic-scale-")
     from lib import lake
-    from lib.cli import run_stages, setup_logging
-    from lib.config import load_config
+    from lib.cli import run_stages
     from lib.session import build_spark
-    setup_logging()
-    cfg = load_config(os.path.join(ROOT, "conf", "local.yaml"), [
-        f"lake.path={lake_dir}", f"source.num_profiles={n}",
-        f"source.archetypes_file={os.path.join(ROOT, 'conf', 'archetypes.yaml')}",
-        f"spark.conf.spark.driver.memory={args.driver_memory}",
-        "spark.conf.spark.sql.shuffle.partitions=16"])
     started = time.time()
     try:
         spark = build_spark(cfg)

@@ -169,3 +169,20 @@ def test_saved_preprocessor_round_trips_and_old_format_refused(tmp_path):
         Preprocessor.load(str(tmp_path / "old.json"))
     with pytest.raises(UserError, match="run 'features' first"):
         Preprocessor.load(str(tmp_path / "absent.json"))
+
+
+def test_one_profile_with_odd_values_is_read_or_refused_clearly():
+    pre = hand_preprocessor()
+    base = {"id": "p", "gender": "female", "sexual_orientation": None, "created_at": None}
+    # A single interest as text, an unreadable age and date: read as one value, missing, missing.
+    dense, _ = pre.transform_one({**base, "interests": "hiking", "age": "abc", "created_at": "yesterday"}, as_of=AS_OF)
+    names = pre.feature_names()
+    on = {names[i] for i in np.flatnonzero(dense)}
+    assert on == {"cat:gender=female", "multi:interests=hiking", "bag:artists=<missing>", "bag:city=<missing>",
+                  "num:age=<missing>"}
+    with pytest.raises(UserError, match="attributes must be a mapping"):
+        pre.transform_one({**base, "age": 30, "attributes": "speaks english"}, as_of=AS_OF)
+    with pytest.raises(UserError, match="a profile must be a mapping"):
+        pre.transform_one(["p", "female"], as_of=AS_OF)
+    with pytest.raises(UserError, match="no column 'age'"):
+        pre.transform_one(base, as_of=AS_OF)

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from lib.errors import UserError
+
 _NaT, _NA = pd.NaT, pd.NA
 
 # Profile columns the features read. Required ones must exist as columns (values may be null);
@@ -116,17 +118,29 @@ def number(v) -> float | None:
 
 
 def as_list(v) -> list:
-    """Arrays arrive as lists, tuples or numpy arrays (from Arrow); a missing one is empty."""
-    if isinstance(v, str):
+    """Arrays arrive as lists, tuples or numpy arrays (from Arrow); a missing one is empty and
+    a single value (a string, a number) is a list of one."""
+    if isinstance(v, (str, bytes, int, float, dict)):
+        return [] if missing(v) else [v]
+    if missing(v):
+        return []
+    try:
+        return list(v)
+    except TypeError:
         return [v]
-    return [] if missing(v) else list(v)
 
 
 def as_dict(v) -> dict:
     """Maps arrive as dicts or as lists of (key, value) pairs (from Arrow)."""
     if missing(v):
         return {}
-    return v if isinstance(v, dict) else dict(v)
+    if isinstance(v, dict):
+        return v
+    try:
+        return dict(v)
+    except (TypeError, ValueError):
+        raise UserError(f"attributes must be a mapping of name to value, got {type(v).__name__} {str(v)[:40]!r}") \
+            from None
 
 
 def as_datetime(v) -> dt.datetime | None:

@@ -20,6 +20,7 @@ import datetime as dt
 import json
 import logging
 import zlib
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -150,6 +151,8 @@ class Preprocessor:
         measured, default now (UTC). Unknown keys are ignored with a warning; a required key
         missing is a ``UserError`` naming it.
         """
+        if not isinstance(profile, Mapping):
+            raise UserError(f"a profile must be a mapping of column to value, got {type(profile).__name__}")
         check_columns(profile.keys(), "profile")
         row = dict(profile)
         if music is not None:
