@@ -295,6 +295,12 @@ def _check(cfg: Config) -> None:
     for name, value in positive.items():
         if value <= 0:
             raise UserError(f"{name} must be positive, got {value}")
+    # Ids are int32 and each bag field is one embedding table: keep both far from overflow.
+    for name, value, most in (("features.max_bag_vocab", cfg.features.max_bag_vocab, 10_000_000),
+                              ("features.hash_buckets", cfg.features.hash_buckets, 1_000_000),
+                              ("features.max_bag_ids", cfg.features.max_bag_ids, 1000)):
+        if value > most:
+            raise UserError(f"{name} must be at most {most:,}, got {value:,}")
     if cfg.synthesize.negatives_per_user < 0 or cfg.synthesize.noise < 0:
         raise UserError("synthesize.negatives_per_user and synthesize.noise must be 0 or more")
     if cfg.source.overlap_seconds < 0:

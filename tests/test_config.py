@@ -35,6 +35,8 @@ def test_set_overrides_are_typed():
     ("train=3", "is a section"),
     ("lake.path", "expected key=value"),
     ("match.k=0", "match.k must be positive"),
+    ("features.hash_buckets=99999999999", "features.hash_buckets must be at most 1,000,000"),
+    ("features.min_count=0", "features.min_count must be positive"),
     ("source.kind=mysql", "source.kind 'mysql' is not one of"),
     ("source.kind=okcupid", "needs a file"),
     ("synthesize.holdout_fraction=1.5", "must be in [0, 1)"),

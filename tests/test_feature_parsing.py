@@ -186,3 +186,42 @@ def test_one_profile_with_odd_values_is_read_or_refused_clearly():
         pre.transform_one(["p", "female"], as_of=AS_OF)
     with pytest.raises(UserError, match="no column 'age'"):
         pre.transform_one(base, as_of=AS_OF)
+
+
+def test_one_profile_dates_music_and_as_of_of_the_wrong_kind():
+    pre = hand_preprocessor()
+    base = {"id": "p", "gender": "female", "sexual_orientation": None, "age": 10 ** 400}
+    for created in (np.datetime64("2026-11-30T12:00"), 1764590400, b"2026-01-01", ["2026-01-01"]):
+        dense, _ = pre.transform_one({**base, "created_at": created}, as_of=AS_OF)
+        names = pre.feature_names()
+        assert dense[names.index("num:age=<missing>")] == 1.0  # an absurd number is missing, not a crash
+        assert dense[names.index("flag:new_user")] == (1.0 if isinstance(created, np.datetime64) else 0.0)
+    for music in (["jazz"], {"genre": "jazz"}, [None], "jazz"):
+        with pytest.raises(UserError, match="music must be a list of rows"):
+            pre.transform_one({**base, "created_at": None}, music=music, as_of=AS_OF)
+    import pandas as pd
+    _, ids = pre.transform_one({**base, "created_at": None}, music=pd.DataFrame([{"genre": "x", "artist_name": "a1"}]),
+                               as_of=AS_OF)
+    assert ids[0] == 1
+    with pytest.raises(UserError, match="as_of must be a date and time"):
+        pre.transform_one({**base, "created_at": None}, as_of="notadate")
+
+
+def test_unknown_attributes_of_one_profile_warned(caplog):
+    pre = hand_preprocessor()
+    with caplog.at_level(logging.WARNING):
+        pre.transform_one({"id": "p", "gender": None, "sexual_orientation": None, "age": None, "created_at": None,
+                           "attributes": {"favourite_colour": "blue", "diet": "vegan", "ethnicity": "x"}}, as_of=AS_OF)
+    assert "favourite_colour" in caplog.text and "diet" not in caplog.text and "ethnicity" not in caplog.text
+
+
+@pytest.mark.parametrize("content, message", [
+    ("", "not a preprocessor"), ("[1, 2]", "not a preprocessor"), ('{"profiles": 3}', "not a preprocessor"),
+    ('{"version": "v", "fitted_at": "x", "one_hot": {}, "bags": {"city": {}}, "format": 2}', "damaged preprocessor"),
+])
+def test_wrong_files_are_not_preprocessors(tmp_path, content, message):
+    (tmp_path / "p.json").write_text(content)
+    with pytest.raises(UserError, match=message):
+        Preprocessor.load(str(tmp_path / "p.json"))
+    with pytest.raises(UserError, match="not a preprocessor file"):
+        Preprocessor.load(str(tmp_path))

@@ -156,3 +156,10 @@ def test_features_table_of_an_older_layout_is_replaced(spark, lake_dir):
     table = lake.read_table(spark, lake_dir, "features")
     assert "dense" in table.columns and table.where("run_id = 'old'").count() == 0
     assert table.count() == lake.read_table(spark, lake_dir, "profiles").count()
+
+
+def test_no_profiles_to_fit_is_refused(spark, lake_dir):
+    lake.write_table(spark.createDataFrame([], PROFILES_DDL), lake_dir, "profiles")
+    with pytest.raises(UserError, match="no profiles to fit"):
+        run_stages(spark, make_cfg(lake_dir), ["features"], "f0")
+    assert not lake.table_exists(spark, lake_dir, "features")

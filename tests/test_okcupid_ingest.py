@@ -189,3 +189,16 @@ def test_private_columns_never_become_attributes(spark, lake_dir, tmp_path):
     assert all(p["name"] is None and p["bio"] is None and p["avatar_url"] is None for p in got)
     q = lake.read_table(spark, lake_dir, "quarantine").collect()
     assert q and not any("Person" in r["raw"] or "secret" in r["raw"] for r in q)
+
+
+def test_okcupid_essays_never_enter_the_lake(spark, lake_dir, tmp_path):
+    """The original OkCupid release has essay0..essay9 (free-text bios): they are dropped."""
+    path = tmp_path / "essays.csv"
+    path.write_text("age,sex,orientation,essay0,diet,essay9\n"
+                    "30,m,straight,SECRETESSAY about me,vegan,SECRETESSAY more\n"
+                    "12,f,straight,SECRETESSAY a minor,anything,\n", encoding="utf-8")
+    ingest.run(spark, okc_cfg(lake_dir, str(path)), "r1")
+    (row,) = lake.read_table(spark, lake_dir, "profiles").collect()
+    assert row["attributes"] == {"diet": "vegan"}
+    quarantined = lake.read_table(spark, lake_dir, "quarantine").collect()
+    assert len(quarantined) == 1 and "SECRETESSAY" not in str(quarantined)

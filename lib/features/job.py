@@ -8,6 +8,7 @@ import os
 
 from lib import lake
 from lib.config import Config
+from lib.errors import UserError
 from lib.features.fit import feature_inputs, fit_preprocessor
 from lib.features.preprocessor import Preprocessor
 from lib.schema import MUSIC_DDL
@@ -45,6 +46,8 @@ def run(spark, cfg: Config, run_id: str) -> dict:
     inputs = feature_inputs(profiles, music)
     as_of = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     pre, report = fit_preprocessor(inputs, run_id, as_of, cfg.features)
+    if report["profiles"] == 0:
+        raise UserError(f"the lake {cfg.lake.path} has no profiles to fit the features on; run ingest first")
     feats = transform(inputs, pre, as_of).withColumn("run_id", F.lit(run_id))
     if lake.table_exists(spark, cfg.lake.path, "features") and \
             lake.read_table(spark, cfg.lake.path, "features").columns != feats.columns:

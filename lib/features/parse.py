@@ -22,6 +22,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from lib.errors import UserError
@@ -112,7 +113,7 @@ def number(v) -> float | None:
         v = v.replace(",", "").replace("$", "").strip()
     try:
         x = float(v)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     return x if math.isfinite(x) else None
 
@@ -144,9 +145,14 @@ def as_dict(v) -> dict:
 
 
 def as_datetime(v) -> dt.datetime | None:
-    """A naive UTC datetime from a datetime, pandas Timestamp or ISO-8601 text."""
+    """A naive UTC datetime from a datetime, date, pandas Timestamp, numpy datetime64 or
+    ISO-8601 text; anything else (numbers, unreadable text) is missing."""
     if missing(v):
         return None
+    if isinstance(v, np.datetime64):
+        if np.isnat(v):
+            return None
+        v = pd.Timestamp(v)
     if isinstance(v, str):
         try:
             v = dt.datetime.fromisoformat(v.strip().replace("Z", "+00:00"))
@@ -156,6 +162,8 @@ def as_datetime(v) -> dt.datetime | None:
         v = v.to_pydatetime()
     if isinstance(v, dt.date) and not isinstance(v, dt.datetime):
         v = dt.datetime(v.year, v.month, v.day)
+    if not isinstance(v, dt.datetime):
+        return None
     if v.tzinfo is not None:
         v = v.astimezone(dt.timezone.utc).replace(tzinfo=None)
     return v
@@ -329,7 +337,7 @@ def parse_profile(row: dict, as_of: dt.datetime, new_user_days: int) -> Parsed:
 
 def unknown_columns(columns) -> list[str]:
     known = set(REQUIRED_COLUMNS) | set(OPTIONAL_COLUMNS) | set(NOT_FEATURES)
-    return sorted(c for c in columns if c not in known and not str(c).startswith("_"))
+    return sorted(str(c) for c in columns if c not in known and not str(c).startswith("_"))
 
 
 def missing_columns(columns) -> list[str]:

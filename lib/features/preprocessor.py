@@ -154,11 +154,15 @@ class Preprocessor:
         if not isinstance(profile, Mapping):
             raise UserError(f"a profile must be a mapping of column to value, got {type(profile).__name__}")
         check_columns(profile.keys(), "profile")
+        unknown = sorted(str(k) for k in parse.as_dict(profile.get("attributes")) if parse.unknown_attribute(k))
+        if unknown:
+            log.warning("profile: ignoring extra attribute(s) the features do not read: %s", ", ".join(unknown))
         row = dict(profile)
         if music is not None:
-            row["genres"] = [m.get("genre") for m in music]
-            row["artists"] = [m.get("artist_name") for m in music]
-        when = as_of or dt.datetime.now(dt.timezone.utc)
+            row["genres"], row["artists"] = _music_lists(music)
+        when = dt.datetime.now(dt.timezone.utc) if as_of is None else parse.as_datetime(as_of)
+        if when is None:
+            raise UserError(f"as_of must be a date and time (datetime or ISO-8601 text), got {as_of!r:.60}")
         _, dense, ids = self.transform([row], when)
         return dense[0], ids[0]
 
@@ -167,13 +171,23 @@ class Preprocessor:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "Preprocessor":
-        data = json.loads(text)
+    def from_json(cls, text: str, where: str = "text") -> "Preprocessor":
+        try:
+            data = json.loads(text)
+        except ValueError:
+            raise UserError(f"{where} is not a preprocessor (not JSON); give the preprocessor.json of a "
+                            "features run or a model") from None
+        if not isinstance(data, dict) or "version" not in data or not ({"one_hot", "categorical"} & set(data)):
+            raise UserError(f"{where} is not a preprocessor; give the preprocessor.json of a features run or a model")
         data.setdefault("format", 1)  # the first preprocessor had no format field
         if data["format"] != FORMAT:
             raise UserError(f"preprocessor {data.get('version')!r} has format {data['format']}, this code reads "
                             f"format {FORMAT}; run 'features' (and 'train') again to fit a new one")
-        return cls(**data)
+        try:
+            return cls(**data)
+        except (TypeError, KeyError, AttributeError, ValueError) as e:
+            raise UserError(f"{where} is a damaged preprocessor ({type(e).__name__}: {e}); run 'features' again") \
+                from None
 
     def save(self, path: str) -> None:
         from lib.lake import write_json_atomic
@@ -183,9 +197,25 @@ class Preprocessor:
     def load(cls, path: str) -> "Preprocessor":
         try:
             with open(path, encoding="utf-8") as f:
-                return cls.from_json(f.read())
+                text = f.read()
         except FileNotFoundError:
             raise UserError(f"no preprocessor at {path}; run 'features' first") from None
+        except (IsADirectoryError, UnicodeDecodeError):
+            raise UserError(f"{path} is not a preprocessor file; give the path of a preprocessor.json") from None
+        return cls.from_json(text, path)
+
+
+def _music_lists(music) -> tuple[list, list]:
+    """(genres, artists) from music rows: dicts (or a DataFrame) with ``genre`` and ``artist_name``."""
+    if hasattr(music, "to_dict"):
+        music = music.to_dict("records")
+    if isinstance(music, (str, bytes, Mapping)) or not hasattr(music, "__iter__"):
+        raise UserError(f"music must be a list of rows with 'genre' and 'artist_name', got {type(music).__name__}")
+    rows = list(music)
+    for m in rows:
+        if not isinstance(m, Mapping) or not {"genre", "artist_name"} & set(m):
+            raise UserError(f"music must be a list of rows with 'genre' and 'artist_name', got an element {m!r:.60}")
+    return [m.get("genre") for m in rows], [m.get("artist_name") for m in rows]
 
 
 def check_columns(columns, what: str) -> None:

@@ -6,6 +6,8 @@ content cannot identify a row). Columns the schema has no field for are kept in
 """
 from __future__ import annotations
 
+import re
+
 from lib.errors import UserError
 from lib.schema import PRIVATE_COLUMNS
 from lib.sources.files import CORRUPT, read_csv_with_position, read_header, stage_csv
@@ -17,6 +19,8 @@ MAPPED = {"age": "age", "sex": "gender", "orientation": "sexual_orientation", "d
           **{c: c for c in PRIVATE_COLUMNS}}
 TEXT = ("drinking_habits", "smoking_habits", "education_level", "job_title") + PRIVATE_COLUMNS
 REQUIRED = ("age", "sex", "orientation")
+# OkCupid's free-text essays (essay0..essay9 in the original release) are bios: never kept.
+ESSAY = re.compile(r"^essay\d*$", re.IGNORECASE)
 SEX = {"m": "male", "f": "female"}
 # Entities seen in the file; decoded to plain ASCII so "doesn&rsquo;t" and "doesn't" are one value.
 ENTITIES = {"&rsquo;": "'", "&lsquo;": "'", "&ldquo;": '"', "&rdquo;": '"', "&quot;": '"', "&#39;": "'",
@@ -49,13 +53,13 @@ def read_okcupid(spark, path: str, staging: str):
         c = F.trim(unescape_col(F.col("`" + name.replace("`", "``") + "`")))
         return F.when(c == "", None).otherwise(c)
 
-    extras = [c for c in header if c not in MAPPED]
+    extras = [c for c in header if c not in MAPPED and not ESSAY.match(c)]
     attrs = F.map_from_entries(F.filter(
         F.array(*[F.struct(F.lit(c).alias("k"), clean(c).alias("v")) for c in extras]),
         lambda s: s["v"].isNotNull())) if extras else F.create_map().cast("map<string,string>")
     height_in = clean("height").try_cast("double") if "height" in header else F.lit(None).cast("double")
     sex = F.lower(clean("sex"))
-    private = any(c in header for c in PRIVATE_COLUMNS)
+    private = any(c in header for c in PRIVATE_COLUMNS) or any(ESSAY.match(c) for c in header)
     return raw.select(
         F.concat(F.lit("okcupid:row:"), F.col("_pos").cast("string")).alias("_id_name"),
         F.lit(None).cast("timestamp").alias("created_at"),
