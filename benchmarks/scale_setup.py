@@ -23,6 +23,8 @@ def parse_args(doc: str, default_n: int, full_n: int) -> argparse.Namespace:
     p.add_argument("--profiles", type=int, help=f"profiles to generate (default {default_n:,}; --full {full_n:,})")
     p.add_argument("--lake", help="lake folder (default: a temporary folder, removed after)")
     p.add_argument("--driver-memory", default="6g", help="JVM memory of local Spark (not the Python driver)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key, as for the jobs (repeatable)")
     args = p.parse_args()
     args.n = args.profiles or (full_n if args.full else default_n)
     return args
@@ -38,5 +40,5 @@ def synthetic_lake_config(args: argparse.Namespace, prefix: str):
         f"lake.path={lake_dir}", f"source.num_profiles={args.n}",
         f"source.archetypes_file={os.path.join(ROOT, 'conf', 'archetypes.yaml')}",
         f"spark.conf.spark.driver.memory={args.driver_memory}",
-        "spark.conf.spark.sql.shuffle.partitions=16"])
+        "spark.conf.spark.sql.shuffle.partitions=16", *args.overrides])
     return cfg, lake_dir

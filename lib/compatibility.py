@@ -1,7 +1,8 @@
 """The rule-based compatibility score that labels synthetic interactions (and is the oracle).
 
-Two twins: ``compatibility`` (plain Python, one pair) and ``compatibility_col`` (Spark
-Column over columns prefixed ``u_`` and ``p_``). Tests keep them equal.
+Twins: ``compatibility`` (plain Python, one pair), ``compatibility_col`` (Spark Column over
+columns prefixed ``u_`` and ``p_``) and ``lib.compatibility_batch.compatibility_pairs``
+(numpy, many pairs at once). Tests keep them equal.
 
 score = w.group [same archetype group] + w.interests jaccard(interests) + w.genres jaccard(genres)
         - w.age min(|age gap| / 10, 2) + w.goal [same relationship goal] + w.education [same education]
@@ -91,11 +92,3 @@ def compatibility_col(w: dict = DEFAULT_WEIGHTS):
             + w["drinking"] * same("drinking_habits") + w["smoking"] * same("smoking_habits")
             + w["attributes"] * attr)
 
-
-def gaussian_noise_col(seed: int, *cols):
-    """Spark Column: a standard normal draw that depends only on (seed, cols) (Box-Muller)."""
-    from pyspark.sql import functions as F
-    m = float(2 ** 31)
-    u1 = (F.pmod(F.xxhash64(F.lit(seed), F.lit("n1"), *cols), F.lit(2 ** 31)) + 1) / (m + 1)
-    u2 = (F.pmod(F.xxhash64(F.lit(seed), F.lit("n2"), *cols), F.lit(2 ** 31)) + 1) / (m + 1)
-    return F.sqrt(-2.0 * F.log(u1)) * F.cos(2 * math.pi * u2)

@@ -63,10 +63,12 @@ class SourceConfig:
 @dataclass
 class SynthesizeConfig:
     seed: int = 7
-    candidate_draws: int = 24  # random candidate slots drawn per user (never a cross join)
+    candidate_draws: int = 10  # random slots drawn per user for the negatives (never a cross join)
     positives_per_user: int = 10
     negatives_per_user: int = 10
-    noise: float = 0.3  # std of the Gaussian noise added to the compatibility score
+    noise: float = 0.5  # std of the Gaussian noise added to the compatibility score that picks the positives
+    retrieve: int = 200  # candidates per user found by the score's feature map, then rescored exactly
+    ivf_min_pool: int = 200000  # a pool of people who fit this large gets an IVF index (approximate)
     holdout_fraction: float = 0.2  # share of each user's positives held out for evaluation
 
 
@@ -90,6 +92,16 @@ class TrainConfig:
     hidden_units: list = field(default_factory=lambda: [128])
     embedding_dim: int = 64
     bag_dim: int = 16  # embedding size of each embedding-bag field (city, job title, artists, ...)
+    dropout: float = 0.0  # after each hidden layer
+    loss: str = "softmax"  # softmax (in-batch InfoNCE) | bce (sampled negatives) | triplet
+    logq_correction: bool = True  # softmax: subtract log of each candidate's share of the positives
+    margin: float = 0.2  # triplet
+    lr_scaling: str = "linear"  # linear: learning_rate x number of ranks (fixed per-rank batch) | none
+    hard_negatives: bool = False  # one negative per pair mined from the previous model's matches
+    hard_negative_top: int = 50  # ... among its top this many that are not positives
+    launcher: str = "spark"  # spark: horovod.spark.run on the executors | horovodrun: outside Spark (train.hosts)
+    hosts: str = ""  # horovodrun -H (default localhost:<num_proc>)
+    resume: bool = True  # a rerun after a failure resumes from the last finished epoch's checkpoint
     temperature: float = 0.1
     seed: int = 1
 
@@ -119,6 +131,16 @@ class EvaluateConfig:
 
 
 @dataclass
+class TrackingConfig:
+    enabled: bool = True  # MLflow: one run per model version (train), its metrics (evaluate)
+    # Empty: MLflow's local default kept under the lake (sqlite:///<lake>/mlflow/mlflow.db).
+    # Else a tracking server (http://host:5000; credentials from MLFLOW_TRACKING_USERNAME /
+    # MLFLOW_TRACKING_PASSWORD) or databricks.
+    uri: str = ""
+    experiment: str = "twotower"  # on Databricks a workspace path, e.g. /Shared/twotower
+
+
+@dataclass
 class Config:
     spark: SparkConfig = field(default_factory=SparkConfig)
     lake: LakeConfig = field(default_factory=LakeConfig)
@@ -130,6 +152,7 @@ class Config:
     match: MatchConfig = field(default_factory=MatchConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     sink: SinkConfig = field(default_factory=SinkConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     run_id: str = ""  # pin the run id (default: a new one per invocation)
     model_version: str = ""  # pin the model version read by embed/index/match/evaluate
 
@@ -254,6 +277,24 @@ def _check(cfg: Config) -> None:
                             "like 20261203T131100Z-ab12cd")
     if not cfg.lake.path.strip():
         raise UserError("lake.path is empty; give a folder, e.g. --set lake.path=./lake")
+    from lib.train.loss import LOSSES
+    if cfg.train.loss not in LOSSES:
+        raise UserError(f"train.loss {cfg.train.loss!r} is not one of {', '.join(LOSSES)}")
+    if cfg.train.lr_scaling not in ("linear", "none"):
+        raise UserError(f"train.lr_scaling {cfg.train.lr_scaling!r} is not one of linear, none")
+    if cfg.train.hard_negative_top < 1:
+        raise UserError(f"train.hard_negative_top must be at least 1, got {cfg.train.hard_negative_top}")
+    if cfg.train.launcher not in ("spark", "horovodrun"):
+        raise UserError(f"train.launcher {cfg.train.launcher!r} is not one of spark, horovodrun")
+    if not 0.0 <= cfg.train.dropout < 1.0:
+        raise UserError(f"train.dropout must be in [0, 1), got {cfg.train.dropout}")
+    if cfg.train.margin <= 0:
+        raise UserError(f"train.margin must be positive, got {cfg.train.margin}")
+    if re.search(r"//[^/@]*:[^/@]*@", cfg.tracking.uri) or "password=" in cfg.tracking.uri.lower():
+        raise UserError("tracking.uri must not carry credentials; set MLFLOW_TRACKING_USERNAME and "
+                        "MLFLOW_TRACKING_PASSWORD (or DATABRICKS_TOKEN) instead")
+    if cfg.tracking.enabled and not cfg.tracking.experiment.strip():
+        raise UserError("tracking.experiment is empty; name the MLflow experiment, e.g. --set tracking.experiment=twotower")
     if cfg.source.kind not in SOURCE_KINDS:
         raise UserError(f"source.kind {cfg.source.kind!r} is not one of {', '.join(SOURCE_KINDS)}")
     if cfg.source.kind in FILE_SOURCES and not cfg.source.path:
@@ -274,6 +315,8 @@ def _check(cfg: Config) -> None:
         "source.num_profiles": cfg.source.num_profiles,
         "synthesize.candidate_draws": cfg.synthesize.candidate_draws,
         "synthesize.positives_per_user": cfg.synthesize.positives_per_user,
+        "synthesize.retrieve": cfg.synthesize.retrieve,
+        "synthesize.ivf_min_pool": cfg.synthesize.ivf_min_pool,
         "train.num_proc": cfg.train.num_proc,
         "train.epochs": cfg.train.epochs,
         "train.batch_size": cfg.train.batch_size,
@@ -303,6 +346,10 @@ def _check(cfg: Config) -> None:
             raise UserError(f"{name} must be at most {most:,}, got {value:,}")
     if cfg.synthesize.negatives_per_user < 0 or cfg.synthesize.noise < 0:
         raise UserError("synthesize.negatives_per_user and synthesize.noise must be 0 or more")
+    if cfg.synthesize.retrieve < cfg.synthesize.positives_per_user:
+        raise UserError(f"synthesize.retrieve ({cfg.synthesize.retrieve}) must be at least "
+                        f"synthesize.positives_per_user ({cfg.synthesize.positives_per_user}): the positives "
+                        "are picked from the retrieved candidates")
     if cfg.source.overlap_seconds < 0:
         raise UserError(f"source.overlap_seconds must be 0 or more, got {cfg.source.overlap_seconds}")
     for name, value in (("synthesize.holdout_fraction", cfg.synthesize.holdout_fraction),

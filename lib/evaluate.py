@@ -1,5 +1,10 @@
 """evaluate: precision, recall, MAP and NDCG at K on held-out positives, model against baselines.
 
+Baselines, under the same filters as the model: random, popularity and, where synthetic
+positives exist, the oracle: the generator's own ranking (the compatibility score without
+its noise; ``oracle_recs``). The oracle shows how much of the held-out set any model could
+recover, since the noise that picked the positives is unknowable.
+
 Per user (with at least one held-out positive), for recommendations r_1..r_K and the set R
 of held-out positives:
   precision = hits / K, recall = hits / |R|,
@@ -16,7 +21,7 @@ import os
 
 from lib import lake
 from lib.config import Config
-from lib.match import load_index, match_queries, recommend
+from lib.match import excluded_lists, load_index, match_queries, recommend
 
 METRICS = ("precision", "recall", "map", "ndcg")
 
@@ -60,8 +65,8 @@ def run(spark, cfg: Config, run_id: str) -> dict:
     index_dir, manifest = load_index(spark, cfg, mv)
     queries = match_queries(spark, cfg, mv).cache()
     # Held-out positives of users who take part (an inactive user gets no matches by design).
-    heldout = (lake.read_table(spark, cfg.lake.path, "interactions", "synthesize")
-               .where((F.col("split") == "heldout") & (F.col("label") == 1))
+    interactions = lake.read_table(spark, cfg.lake.path, "interactions", "synthesize")
+    heldout = (interactions.where((F.col("split") == "heldout") & (F.col("label") == 1))
                .select("user_id", "profile_id").join(queries.select("user_id"), "user_id", "left_semi").cache())
     matches = lake.read_table(spark, cfg.lake.path, "matches", "match").where(F.col("model_version") == mv)
     models = {"two_tower": matches.select("user_id", "rank", "profile_id")}
@@ -71,6 +76,8 @@ def run(spark, cfg: Config, run_id: str) -> dict:
     for name, recs in models.items():
         row = metrics_df(recs, heldout, k)
         results[name] = {m: float(row[m] or 0.0) for m in METRICS}
+    if interactions.where((F.col("source") == "synthetic") & (F.col("label") == 1)).limit(1).count():
+        results["oracle"] = oracle_metrics(spark, cfg, run_id, heldout, k, manifest["gender_filter"])
     users = heldout.select("user_id").distinct().count()
     queries.unpersist()
     heldout.unpersist()
@@ -83,8 +90,39 @@ def run(spark, cfg: Config, run_id: str) -> dict:
     path = os.path.join(lake.artifact_dir(cfg.lake.path, "reports", run_id), "metrics.json")
     lake.write_json_atomic(path, report)
     print(format_table(results, k, users))
-    return {"model_version": mv, "report": path, "users_evaluated": users,
+    from lib.tracking import log_evaluation
+    mlflow_run = log_evaluation(cfg, mv, results, k)
+    return {"model_version": mv, "report": path, "users_evaluated": users, "mlflow_run_id": mlflow_run,
             **{f"{name}_recall": round(v["recall"], 4) for name, v in results.items()}}
+
+
+def oracle_metrics(spark, cfg: Config, run_id: str, heldout, k: int, gender_filter: bool) -> dict:
+    """The metrics of ``oracle_recs`` for the users of ``heldout`` (user_id, profile_id)."""
+    search, recs = oracle_recs(spark, cfg, run_id, heldout.select("user_id").distinct(), k, gender_filter)
+    try:
+        row = metrics_df(recs, heldout, k)
+    finally:
+        search.close()
+    return {m: float(row[m] or 0.0) for m in METRICS}
+
+
+def oracle_recs(spark, cfg: Config, run_id: str, users, k: int, gender_filter: bool):
+    """(CompatibilitySearch, DataFrame of user_id, rank, profile_id, score): for each of
+    ``users`` (user_id) the top k by the compatibility score without noise among the
+    profiles the model may show them (fit both ways, active, not oneself, not acted on in
+    training, not blocked), found like synthesize's positives. Close the search when done."""
+    from lib.compatibility_search import CompatibilitySearch, pair_people
+    from lib.eligibility import active_profiles
+    from lib.schema import MUSIC_DDL
+    from lib.synthesize import compatibility_weights
+    profiles = lake.read_table(spark, cfg.lake.path, "profiles", "ingest")
+    music = lake.read_table_or_empty(spark, cfg.lake.path, "music_preferences", MUSIC_DDL)
+    people = pair_people(active_profiles(profiles), music)
+    search = CompatibilitySearch.build(people, compatibility_weights(cfg), lake.staging_dir(cfg.lake.path, run_id),
+                                       gender_filter, cfg.synthesize.ivf_min_pool)
+    queries = (people.withColumnRenamed("id", "user_id").join(users, "user_id", "left_semi")
+               .join(excluded_lists(spark, cfg), "user_id", "left"))
+    return search, search.best(queries, max(cfg.synthesize.retrieve, k), k)
 
 
 def format_table(results: dict, k: int, users: int) -> str:

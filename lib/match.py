@@ -122,6 +122,14 @@ def topk(queries: np.ndarray, user_ids: list, excluded: list, shards: list, k: i
     return out
 
 
+def filter_groups(pdf):
+    """(gender, looking_for as a sorted tuple, rows) per group of users of ``pdf`` who may
+    match the same people: they search the same shards."""
+    keys = [(g, tuple(sorted(lf)) if lf is not None else ()) for g, lf in zip(pdf["gender"], pdf["looking_for"])]
+    for (gender, lf), grp in pdf.assign(_key=keys).groupby("_key", sort=False):
+        yield gender, lf, grp.drop(columns="_key")
+
+
 _SHARDS: dict = {}  # (index_dir, file) -> Shard, loaded once per Python worker
 
 
@@ -139,9 +147,14 @@ def match_queries(spark, cfg: Config, model_version: str):
            .where(F.col("model_version") == model_version).select("user_id", "embedding"))
     users = active_profiles(lake.read_table(spark, cfg.lake.path, "profiles", "ingest")) \
         .select(F.col("id").alias("user_id"), "gender", "looking_for")
-    excluded = (excluded_pairs(lake.read_table(spark, cfg.lake.path, "interactions", "synthesize"))
-                .groupBy("user_id").agg(F.collect_set("profile_id").alias("excluded")))
-    return emb.join(users, "user_id").join(excluded, "user_id", "left")
+    return emb.join(users, "user_id").join(excluded_lists(spark, cfg), "user_id", "left")
+
+
+def excluded_lists(spark, cfg: Config):
+    """(user_id, excluded): per user the profile ids never to recommend (``excluded_pairs``)."""
+    from pyspark.sql import functions as F
+    return (excluded_pairs(lake.read_table(spark, cfg.lake.path, "interactions", "synthesize"))
+            .groupBy("user_id").agg(F.collect_set("profile_id").alias("excluded")))
 
 
 def recommend(queries_df, index_dir: str, manifest: dict, k: int, scorer: str, seed: int, batch: int):
@@ -155,10 +168,8 @@ def recommend(queries_df, index_dir: str, manifest: dict, k: int, scorer: str, s
         for pdf in batches:
             if len(pdf) == 0:
                 continue
-            keys = [(g, tuple(sorted(lf)) if lf is not None else ()) for g, lf in zip(pdf["gender"], pdf["looking_for"])]
-            pdf = pdf.assign(_key=keys)
             rows = []
-            for (gender, lf), grp in pdf.groupby("_key", sort=False):
+            for gender, lf, grp in filter_groups(pdf):
                 shards = [_cached_shard(index_dir, e) for e in shards_for(entries, gender, lf, gf)]
                 if not shards:
                     continue  # nobody could match this user

@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from lib.compatibility import PAIR_FIELDS, compatibility, compatibility_col
+from lib.compatibility import DEFAULT_WEIGHTS, PAIR_FIELDS, compatibility, compatibility_col
 
 A = {"group_id": "bookworm", "interests": ["reading", "chess", "coffee"], "genres": ["jazz", "classical"],
      "age": 30, "relationship_goal": "long-term", "education_level": "masters", "drinking_habits": "socially",
@@ -49,7 +49,7 @@ def test_spark_twin_equals_python(spark):
 
 
 def test_weights_come_from_the_archetype_file(tmp_path):
-    from lib.compatibility import DEFAULT_WEIGHTS, weights
+    from lib.compatibility import weights
     from lib.errors import UserError
     from lib.sources.synthetic import load_archetypes
     from tests.conftest import ROOT
@@ -66,3 +66,31 @@ def test_weights_come_from_the_archetype_file(tmp_path):
         weights({"compatibility": {"grup": 1}})
     with pytest.raises(UserError, match="must be a number"):
         weights({"compatibility": {"age": "x"}})
+
+
+def test_numpy_twin_equals_python_to_the_last_bit():
+    import numpy as np
+
+    from lib.compatibility_batch import compatibility_pairs, encode
+    from lib.compatibility_map import plain_pair_fields
+    rng = random.Random(5)
+    vocab = ["a", "b", "c", "d", "e", "f"]
+
+    def person():
+        return plain_pair_fields({
+            "group_id": rng.choice(["x", "y", None]), "interests": rng.sample(vocab, rng.randint(0, 5)),
+            "genres": rng.choice([None, [], rng.sample(vocab, rng.randint(1, 6))]),
+            "age": rng.choice([None, rng.randint(18, 90)]), "relationship_goal": rng.choice(["lt", "c", None]),
+            "education_level": rng.choice(["m", "b", None]), "drinking_habits": rng.choice(["s", "n"]),
+            "smoking_habits": rng.choice(["n", None]),
+            "attributes": rng.choice([None, {}, {k: rng.choice(["p", "q", None]) for k in rng.sample(vocab, 4)}])})
+    users, profiles = [person() for _ in range(40)], [person() for _ in range(60)]
+    w = {k: rng.choice([-0.7, 0.0, 0.3, 1.3]) for k in ("group", "interests", "genres", "age", "goal", "education",
+                                                        "drinking", "smoking", "attributes")}
+    codes = {}
+    u, p = encode(users, codes), encode(profiles, codes)
+    ui, pj = np.repeat(np.arange(40), 60), np.tile(np.arange(60), 40)
+    for weights in (w, DEFAULT_WEIGHTS):
+        got = compatibility_pairs(u, ui, p, pj, weights)
+        expected = [compatibility(users[i], profiles[j], weights) for i, j in zip(ui, pj)]
+        assert got.tolist() == expected  # the same floats, not just close ones

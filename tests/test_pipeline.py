@@ -73,13 +73,13 @@ def test_model_beats_both_baselines(spark, small_run):
         report = json.load(f)
     assert report["run_id"] == run_id and report["k"] == K
     m = report["metrics"]
-    assert set(m) == {"two_tower", "random", "popularity"}
+    assert set(m) == {"two_tower", "random", "popularity", "oracle"}  # oracle: the interactions are synthetic
     for model in m.values():
         assert set(model) == {"precision", "recall", "map", "ndcg"}
         assert all(0.0 <= v <= 1.0 for v in model.values())
     assert m["two_tower"]["recall"] > 1.5 * max(m["random"]["recall"], m["popularity"]["recall"])
     rows = table(spark, small_run, "metrics")
-    assert len(rows) == 12 and {r["run_id"] for r in rows} == {run_id}
+    assert len(rows) == 16 and {r["run_id"] for r in rows} == {run_id}
 
 
 def test_tables_readable_without_spark(small_run):
@@ -134,3 +134,69 @@ def test_index_shards_follow_the_filter_groups(spark, small_run):
         seen += ids
     active = {i for i, p in profiles.items() if p["setup_complete"] and p["deleted_at"] is None and not p["banned"]}
     assert sorted(seen) == sorted(active)  # each active profile in exactly one shard
+
+
+def test_model_version_loads_back_to_the_same_embeddings(spark, small_run):
+    """The published model version alone (towers + preprocessor, no Spark) embeds raw profile
+    rows exactly as the bulk ``embed`` stage did."""
+    import datetime as dt
+
+    import numpy as np
+
+    from lib.train.model_version import load_model_version
+    mv = lake.latest_model_version(spark, small_run)
+    model = load_model_version(lake.artifact_dir(small_run, "models", mv))
+    assert model.version == mv
+    as_of = dt.datetime.fromisoformat(model.preprocessor.fitted_at)
+    profiles = [r.asDict() for r in lake.read_table(spark, small_run, "profiles").orderBy("id").limit(300).collect()]
+    ids = [p["id"] for p in profiles]
+    music: dict = {}
+    for r in lake.read_table(spark, small_run, "music_preferences").where(lake_in("user_id", ids)).collect():
+        music.setdefault(r["user_id"], []).append({"genre": r["genre"], "artist_name": r["artist_name"]})
+    for which, key in (("profile", "profile_id"), ("user", "user_id")):
+        stored = {r[key]: r["embedding"] for r in lake.read_table(spark, small_run, f"{which}_embeddings")
+                  .where(f"model_version = '{mv}'").where(lake_in(key, ids)).collect()}
+        got = model.embed(profiles, which, music, as_of=as_of)
+        compared = 0
+        for p, e in zip(profiles, got):
+            if p["id"] in stored:  # inactive profiles are not embedded
+                np.testing.assert_allclose(e, np.array(stored[p["id"]], np.float32), atol=1e-5, rtol=0)
+                compared += 1
+        assert compared >= 200
+        assert abs(float(np.linalg.norm(got[0])) - 1.0) < 1e-5  # L2-normalised
+
+
+def lake_in(column, values):
+    from pyspark.sql import functions as F
+    return F.col(column).isin(list(values))
+
+
+def test_mlflow_run_of_the_model_version(spark, small_run):
+    """MLflow's local store under the lake holds one run for the model version: its settings,
+    the loss of every epoch as in model.json, both towers and the preprocessor as artifacts,
+    and evaluate's metrics as in its report."""
+    from mlflow.tracking import MlflowClient
+    mv = lake.latest_model_version(spark, small_run)
+    db = os.path.join(small_run, "mlflow", "mlflow.db")
+    assert os.path.isfile(db)
+    client = MlflowClient(tracking_uri="sqlite:///" + db)
+    exp = client.get_experiment_by_name("twotower")
+    runs = client.search_runs([exp.experiment_id])
+    assert [r.data.tags["model_version"] for r in runs] == [mv]
+    run = runs[0]
+    assert run.data.params["epochs"] == "6" and run.data.params["loss"] == "softmax"
+    with open(os.path.join(small_run, "models", mv, "model.json")) as f:
+        meta = json.load(f)
+    history = client.get_metric_history(run.info.run_id, "loss")
+    assert [m.step for m in sorted(history, key=lambda m: m.step)] == [1, 2, 3, 4, 5, 6]
+    assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(meta["loss_history"])
+    assert len(client.get_metric_history(run.info.run_id, "examples_per_s")) == 6
+    files = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
+    assert {"model/preprocessor.json", "model/model.json", "model/user_tower.weights.h5",
+            "model/profile_tower.weights.h5"} <= files, files
+    eval_run = [r["run_id"] for r in table(spark, small_run, "runs") if r["stage"] == "evaluate"][0]
+    with open(os.path.join(small_run, "reports", eval_run, "metrics.json")) as f:
+        report = json.load(f)
+    assert run.data.metrics[f"recall_at_{K}"] == pytest.approx(report["metrics"]["two_tower"]["recall"])
+    assert run.data.metrics[f"popularity_ndcg_at_{K}"] == pytest.approx(report["metrics"]["popularity"]["ndcg"])
+    assert not os.path.exists(os.path.join(ROOT, "mlruns"))  # nothing written outside the lake

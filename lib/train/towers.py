@@ -16,7 +16,7 @@ def _embedding_bag(ids, bag: dict, dim: int, name: str):
 
 
 def build_tower(name: str, dense_dim: int, bag_layout: list, hidden_units: list, embedding_dim: int,
-                bag_dim: int = 16):
+                bag_dim: int = 16, dropout: float = 0.0):
     """Keras model: ([batch, dense_dim] float32, [batch, id_slots] int32) -> [batch, embedding_dim]
     float32 of unit L2 norm."""
     import tensorflow as tf
@@ -27,6 +27,8 @@ def build_tower(name: str, dense_dim: int, bag_layout: list, hidden_units: list,
         [dense] + [_embedding_bag(ids, b, bag_dim, name) for b in bag_layout]) if bag_layout else dense
     for i, units in enumerate(hidden_units):
         x = tf.keras.layers.Dense(units, activation="relu", name=f"{name}_dense_{i}")(x)
+        if dropout > 0:
+            x = tf.keras.layers.Dropout(dropout, name=f"{name}_dropout_{i}")(x)
     x = tf.keras.layers.Dense(embedding_dim, name=f"{name}_out")(x)
     out = tf.keras.layers.Lambda(lambda t: tf.math.l2_normalize(t, axis=1), name=f"{name}_l2")(x)
     return tf.keras.Model([dense, ids], out, name=name)
@@ -34,7 +36,7 @@ def build_tower(name: str, dense_dim: int, bag_layout: list, hidden_units: list,
 
 def tower_from_meta(which: str, meta: dict):
     return build_tower(which, meta["dense_dim"], meta["bag_layout"], meta["hidden_units"], meta["embedding_dim"],
-                       meta.get("bag_dim", 16))
+                       meta.get("bag_dim", 16), meta.get("dropout", 0.0))
 
 
 def save_towers(model_dir: str, user_tower, profile_tower, meta: dict) -> None:
