@@ -200,3 +200,34 @@ def test_mlflow_run_of_the_model_version(spark, small_run):
     assert run.data.metrics[f"recall_at_{K}"] == pytest.approx(report["metrics"]["two_tower"]["recall"])
     assert run.data.metrics[f"popularity_ndcg_at_{K}"] == pytest.approx(report["metrics"]["popularity"]["ndcg"])
     assert not os.path.exists(os.path.join(ROOT, "mlruns"))  # nothing written outside the lake
+
+
+def test_hard_negatives_are_the_last_model_s_best_non_positives(spark, small_run):
+    from lib.train.job import hard_negative_lists
+    from tests.conftest import make_cfg
+    cfg = make_cfg(small_run, "train.hard_negative_top=5")
+    got = {r["user_id"]: list(r["hard"]) for r in hard_negative_lists(spark, cfg).collect()}
+    positives = {(r["user_id"], r["profile_id"]) for r in table(spark, small_run, "interactions") if r["label"] == 1}
+    expected: dict = {}
+    for m in sorted(table(spark, small_run, "matches"), key=lambda m: m["rank"]):
+        if m["rank"] <= 5 and (m["user_id"], m["profile_id"]) not in positives:
+            expected.setdefault(m["user_id"], []).append(m["profile_id"])
+    assert got == expected and len(got) > 100
+
+
+def test_train_with_hard_negatives(spark, small_run, tmp_path):
+    """A second training on the same lake mines one negative per pair from the first model's
+    matches; every rank then scores twice the global batch of candidates."""
+    import shutil
+
+    from lib.cli import run_stages
+    from tests.conftest import make_cfg
+    lake_dir = str(tmp_path / "lake")
+    shutil.copytree(small_run, lake_dir)
+    cfg = make_cfg(lake_dir, *SMALL, "train.epochs=1", "train.hard_negatives=true")
+    info = run_stages(spark, cfg, ["train"], lake.new_run_id())["train"]
+    assert info["hard_negatives"] is True and info["ranks"] == 2
+    with open(os.path.join(info["model_dir"], "model.json")) as f:
+        meta = json.load(f)
+    assert meta["hard_negatives"] is True and meta["candidates_per_step"] == 2 * 2 * 64
+    assert all(0 < x < 20 for x in meta["loss_history"])

@@ -100,9 +100,20 @@ def fault_from_env() -> dict:
     return {"rank": rank, "epoch": epoch, "step": step}
 
 
-def run(spark, cfg: Config, run_id: str) -> dict:
+def pairs_converter(spark, cfg: Config, pairs, rows: int):
+    """The training pairs materialised as Parquet under the lake (``_petastorm/``) for
+    Petastorm: a SparkDatasetConverter (``delete()`` it when done). Enough files that every
+    rank's shard has some."""
     from petastorm.spark import SparkDatasetConverter, make_spark_converter
+    cache = os.path.join(os.path.abspath(cfg.lake.path), "_petastorm")
+    spark.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF, "file://" + cache)
+    n_files = max(cfg.train.num_proc * 2, -(-rows // ROWS_PER_FILE))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return make_spark_converter(pairs.repartition(n_files), parquet_row_group_size_bytes=8 << 20)
 
+
+def run(spark, cfg: Config, run_id: str) -> dict:
     from lib.features.preprocessor import Preprocessor
     tc = cfg.train
     features_run = lake.latest_run(spark, cfg.lake.path, "features")["run_id"]
@@ -130,12 +141,7 @@ def run(spark, cfg: Config, run_id: str) -> dict:
     if not tc.resume:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     os.makedirs(ckpt_dir, exist_ok=True)
-    cache = os.path.join(os.path.abspath(cfg.lake.path), "_petastorm")
-    spark.conf.set(SparkDatasetConverter.PARENT_CACHE_DIR_URL_CONF, "file://" + cache)
-    n_files = max(tc.num_proc * 2, -(-rows // ROWS_PER_FILE))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        converter = make_spark_converter(pairs.repartition(n_files), parquet_row_group_size_bytes=8 << 20)
+    converter = pairs_converter(spark, cfg, pairs, rows)
     params = {"dense_dim": pre.dense_dim, "bag_layout": pre.bag_layout(), "bag_dim": tc.bag_dim,
               "hidden_units": tc.hidden_units, "embedding_dim": tc.embedding_dim,
               "temperature": tc.temperature, "epochs": tc.epochs, "batch_size": tc.batch_size,

@@ -155,6 +155,7 @@ def fit(params: dict, batches) -> dict:
             "hard_negatives": hard,
             "effective_learning_rate": lr, "num_proc": hvd.size(), "final_loss": history[-1],
             "loss_history": history, "resumed_from_epoch": start_epoch,
+            "candidates_per_step": int(candidates),  # every rank's positives (and mined negatives)
             "epoch_examples_per_s": rates,  # the epochs run by this process (not those resumed)
             "train_seconds": round(time.time() - started, 1)})
     return {"rank": hvd.rank(), "size": hvd.size(), "loss_history": history, "resumed_from_epoch": start_epoch,
