@@ -87,7 +87,7 @@ class FeaturesConfig:
 class TrainConfig:
     num_proc: int = 2  # Horovod processes (Spark tasks)
     epochs: int = 8
-    batch_size: int = 256  # per rank
+    batch_size: int = 1024  # per rank
     learning_rate: float = 0.003
     hidden_units: list = field(default_factory=lambda: [128])
     embedding_dim: int = 64
@@ -102,7 +102,7 @@ class TrainConfig:
     launcher: str = "spark"  # spark: horovod.spark.run on the executors | horovodrun: outside Spark (train.hosts)
     hosts: str = ""  # horovodrun -H (default localhost:<num_proc>)
     resume: bool = True  # a rerun after a failure resumes from the last finished epoch's checkpoint
-    temperature: float = 0.1
+    temperature: float = 0.05
     seed: int = 1
 
 
