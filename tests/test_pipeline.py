@@ -229,5 +229,6 @@ def test_train_with_hard_negatives(spark, small_run, tmp_path):
     assert info["hard_negatives"] is True and info["ranks"] == 2
     with open(os.path.join(info["model_dir"], "model.json")) as f:
         meta = json.load(f)
-    assert meta["hard_negatives"] is True and meta["candidates_per_step"] == 2 * 2 * 64
+    assert meta["hard_negatives"] is True and meta["batch_size"] == 64  # the set is large enough for 64
+    assert meta["candidates_per_step"] == 2 * 2 * 64
     assert all(0 < x < 20 for x in meta["loss_history"])

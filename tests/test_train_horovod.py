@@ -125,3 +125,11 @@ def test_sigkill_of_one_rank_is_resumed_from_the_last_checkpoint(converter, tmp_
     assert meta["resumed_from_epoch"] == 1 and len(meta["loss_history"]) == 3
     assert meta["loss_history"][0] == progress["loss_history"][0]  # epoch 1 came from the checkpoint
     assert json.loads((ckpt / "progress.json").read_text())["epoch"] == 3
+
+
+def test_a_small_training_set_gets_a_smaller_batch_not_fewer_steps():
+    from lib.train.worker import MIN_STEPS_PER_EPOCH, per_rank_batch, steps_per_epoch
+    assert MIN_STEPS_PER_EPOCH == 50
+    assert per_rank_batch(768_448, 1024, 2) == 1024  # 375 steps of the full batch
+    assert per_rank_batch(3_000, 1024, 2) == 30 and steps_per_epoch(3_000, 30, 2) == 50
+    assert per_rank_batch(99, 1024, 2) == 1  # never 0

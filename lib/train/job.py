@@ -16,7 +16,7 @@ from lib.config import Config
 from lib.errors import UserError
 from lib.features.job import preprocessor_path
 from lib.tracking import log_training
-from lib.train.worker import steps_per_epoch, train_worker
+from lib.train.worker import MIN_STEPS_PER_EPOCH, per_rank_batch, steps_per_epoch, train_worker
 
 ROWS_PER_FILE = 50000  # Petastorm shards by row group: enough files that every rank gets some
 FAULT_ENV = "TWOTOWER_TRAIN_FAULT"  # "rank,epoch,step": that rank SIGKILLs itself there (tests)
@@ -125,10 +125,13 @@ def run(spark, cfg: Config, run_id: str) -> dict:
               "training without hard negatives this time", flush=True)
     pairs = training_pairs(spark, cfg, features_run, hard)
     rows = pairs.count()
-    if rows < tc.batch_size * tc.num_proc:
-        raise UserError(f"only {rows} training pairs, fewer than one global batch "
-                        f"(train.batch_size={tc.batch_size} x train.num_proc={tc.num_proc}); "
-                        "lower train.batch_size or add data")
+    if rows < tc.num_proc:
+        raise UserError(f"only {rows} training pairs, fewer than train.num_proc={tc.num_proc} ranks; "
+                        "lower train.num_proc or add data")
+    batch = per_rank_batch(rows, tc.batch_size, tc.num_proc)
+    if batch < tc.batch_size:
+        print(f"[train] {rows:,} training pairs: {batch} per rank and step (train.batch_size={tc.batch_size} "
+              f"would give fewer than {MIN_STEPS_PER_EPOCH} steps an epoch)", flush=True)
     slots = spark.sparkContext.defaultParallelism
     if tc.launcher == "spark" and tc.num_proc > slots:
         raise UserError(f"train.num_proc={tc.num_proc} but Spark has only {slots} task slots; "
@@ -144,11 +147,11 @@ def run(spark, cfg: Config, run_id: str) -> dict:
     converter = pairs_converter(spark, cfg, pairs, rows)
     params = {"dense_dim": pre.dense_dim, "bag_layout": pre.bag_layout(), "bag_dim": tc.bag_dim,
               "hidden_units": tc.hidden_units, "embedding_dim": tc.embedding_dim,
-              "temperature": tc.temperature, "epochs": tc.epochs, "batch_size": tc.batch_size,
+              "temperature": tc.temperature, "epochs": tc.epochs, "batch_size": batch,
               "learning_rate": tc.learning_rate, "seed": tc.seed, "out_dir": tmp_dir,
               "dropout": tc.dropout, "loss": tc.loss, "logq_correction": tc.logq_correction, "margin": tc.margin,
               "lr_scaling": tc.lr_scaling, "hard_negatives": hard is not None, "checkpoint_dir": ckpt_dir, "fault": fault_from_env(),
-              "steps_per_epoch": steps_per_epoch(rows, tc.batch_size, tc.num_proc)}
+              "steps_per_epoch": steps_per_epoch(rows, batch, tc.num_proc)}
     try:
         if tc.launcher == "horovodrun":
             run_horovodrun(converter, params, tc.num_proc, tc.hosts or f"localhost:{tc.num_proc}",

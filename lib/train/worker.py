@@ -197,6 +197,17 @@ def restore_checkpoint(ckpt_dir: str, user_tower, profile_tower, opt, epochs: in
     return done, list(progress["loss_history"])[:done]
 
 
+# A small training set still gets this many steps an epoch: its per-rank batch shrinks below
+# train.batch_size (the most) rather than the model seeing a handful of updates.
+MIN_STEPS_PER_EPOCH = 50
+
+
+def per_rank_batch(rows: int, batch_size: int, num_proc: int) -> int:
+    """train.batch_size, or less when the training set is too small for MIN_STEPS_PER_EPOCH
+    steps of it (never under 1)."""
+    return max(1, min(batch_size, rows // (num_proc * MIN_STEPS_PER_EPOCH)))
+
+
 def steps_per_epoch(rows: int, batch_size: int, num_proc: int) -> int:
     """Steps for every rank so that one epoch covers about all rows once."""
     return max(1, math.ceil(rows / (batch_size * num_proc)))
