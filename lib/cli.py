@@ -113,12 +113,23 @@ def _interrupted_exit() -> int:
     return 130
 
 
+def _thread_failed(args) -> None:
+    """A helper thread's failure (Horovod's Spark job thread when a rank dies or Ctrl-C stops
+    Spark) as one line: the main thread reports what it means and what to do."""
+    if _INTERRUPTED or args.exc_type is SystemExit:
+        return
+    first = (str(args.exc_value).strip().splitlines() or [""])[0][:200]
+    log.warning("background thread %s stopped (%s: %s)", getattr(args.thread, "name", "?"),
+                args.exc_type.__name__, first)
+
+
 def main(stages: list, job: str | None = None, argv: list | None = None) -> int:
     job = job or stages[0]
     args = parse_args(job, sys.argv[1:] if argv is None else argv)
     setup_logging()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, _on_sigint)
+        threading.excepthook = _thread_failed
     started = time.time()
     try:
         from lib import lake

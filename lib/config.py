@@ -290,7 +290,12 @@ def _check(cfg: Config) -> None:
         raise UserError(f"train.dropout must be in [0, 1), got {cfg.train.dropout}")
     if cfg.train.margin <= 0:
         raise UserError(f"train.margin must be positive, got {cfg.train.margin}")
-    if re.search(r"//[^/@]*:[^/@]*@", cfg.tracking.uri) or "password=" in cfg.tracking.uri.lower():
+    if cfg.train.hosts and not re.fullmatch(r"[A-Za-z0-9_.\-]+:[1-9][0-9]*(,[A-Za-z0-9_.\-]+:[1-9][0-9]*)*",
+                                            cfg.train.hosts):
+        raise UserError(f"train.hosts {cfg.train.hosts!r} is not a horovodrun host list; "
+                        "write HOST:SLOTS[,HOST:SLOTS...], e.g. gpu1:4,gpu2:4")
+    # Any user part before '@' (user:password, a bare token) or a secret in the query.
+    if re.search(r"//[^?#]*@", cfg.tracking.uri) or re.search(r"(password|token|secret|key)=", cfg.tracking.uri.lower()):
         raise UserError("tracking.uri must not carry credentials; set MLFLOW_TRACKING_USERNAME and "
                         "MLFLOW_TRACKING_PASSWORD (or DATABRICKS_TOKEN) instead")
     if cfg.tracking.enabled and not cfg.tracking.experiment.strip():

@@ -40,6 +40,10 @@ def _mlflow(cfg: Config):
     # MLflow's own INFO lines (database migrations on first use) bury the stage's progress.
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # A tracking server that does not answer costs seconds, not MLflow's minutes of retries:
+    # tracking is never worth holding up a finished model.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
     uri = tracking_uri(cfg)
     if uri.startswith("sqlite:///"):
         os.makedirs(os.path.dirname(uri[len("sqlite:///"):]), exist_ok=True)

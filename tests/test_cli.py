@@ -53,3 +53,21 @@ def test_lake_path_that_is_a_file(tmp_path):
     rc, out = submit("ingest", "--set", f"lake.path={f}")
     assert rc == 2 and error_lines(out) == [f"error: lake.path {f} is a file, not a folder; give a folder"]
     assert f.read_text() == "keep me"
+
+
+def test_a_failed_helper_thread_is_one_line_not_a_traceback(caplog, capsys):
+    """Horovod runs its Spark job in a thread; when a rank dies that thread's exception is one
+    warning (the main thread's error says what to do)."""
+    import threading
+
+    from lib import cli
+    saved = threading.excepthook
+    threading.excepthook = cli._thread_failed
+    try:
+        t = threading.Thread(target=lambda: 1 / 0, name="run_spark")
+        t.start()
+        t.join()
+    finally:
+        threading.excepthook = saved
+    assert "background thread run_spark stopped (ZeroDivisionError: division by zero)" in caplog.text
+    assert "Traceback" not in capsys.readouterr().err

@@ -72,3 +72,19 @@ def test_missing_and_broken_files(tmp_path):
     p.write_text("- a list\n")
     with pytest.raises(UserError, match="must be a mapping"):
         load_config(str(p))
+
+
+@pytest.mark.parametrize("uri", ["http://user:secret@mlflow:5000", "http://dapiTOKEN@mlflow:5000",
+                                 "https://mlflow:5000/?token=abc", "http://u:p/w@mlflow:5000"])
+def test_tracking_uri_with_any_credential_is_refused_without_echoing_it(uri):
+    with pytest.raises(UserError, match="must not carry credentials") as e:
+        load_config(LOCAL, [f"tracking.uri={uri}"])
+    assert "secret" not in str(e.value) and "dapiTOKEN" not in str(e.value) and "abc" not in str(e.value)
+
+
+def test_tracking_server_uri_and_host_lists_accepted_or_refused():
+    assert load_config(LOCAL, ["tracking.uri=http://mlflow:5000"]).tracking.uri == "http://mlflow:5000"
+    assert load_config(LOCAL, ["train.hosts=gpu1:4,gpu-2.local:4"]).train.hosts == "gpu1:4,gpu-2.local:4"
+    for bad in ("garbage::x", "gpu1", "gpu1:0", "gpu1:4,"):
+        with pytest.raises(UserError, match="HOST:SLOTS"):
+            load_config(LOCAL, [f"train.hosts={bad}"])

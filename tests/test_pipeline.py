@@ -164,6 +164,11 @@ def test_model_version_loads_back_to_the_same_embeddings(spark, small_run):
                 compared += 1
         assert compared >= 200
         assert abs(float(np.linalg.norm(got[0])) - 1.0) < 1e-5  # L2-normalised
+    from lib.errors import UserError
+    for args, words in (((profiles[0],), "list of profile dicts"), (([profiles[0]], "user", [music]), "music must map"),
+                        ((["p1"],), "must be a dict")):
+        with pytest.raises(UserError, match=words):
+            model.embed(*args)
 
 
 def lake_in(column, values):

@@ -67,12 +67,12 @@ def hard_negative_lists(spark, cfg: Config):
     from pyspark.sql import functions as F
     if not lake.table_exists(spark, cfg.lake.path, "matches") or not lake.table_exists(spark, cfg.lake.path, "runs"):
         return None
-    try:
-        prev = lake.latest_model_version(spark, cfg.lake.path)
-    except UserError:
+    # The visible matches are the last published match run's (one commit replaces them), so
+    # they come from the model that published them, not from the newest training, which
+    # may not have published any.
+    matches = lake.read_table(spark, cfg.lake.path, "matches").where(F.col("rank") <= cfg.train.hard_negative_top)
+    if matches.limit(1).count() == 0:
         return None
-    matches = (lake.read_table(spark, cfg.lake.path, "matches")
-               .where((F.col("model_version") == prev) & (F.col("rank") <= cfg.train.hard_negative_top)))
     positives = (lake.read_table(spark, cfg.lake.path, "interactions").where(F.col("label") == 1)
                  .select("user_id", "profile_id"))
     return (matches.join(positives, ["user_id", "profile_id"], "left_anti")
@@ -154,11 +154,18 @@ def run(spark, cfg: Config, run_id: str) -> dict:
               "steps_per_epoch": steps_per_epoch(rows, batch, tc.num_proc)}
     try:
         if tc.launcher == "horovodrun":
-            run_horovodrun(converter, params, tc.num_proc, tc.hosts or f"localhost:{tc.num_proc}",
-                           os.path.join(lake.staging_dir(cfg.lake.path, run_id), "train_plan.json"))
+            plan = os.path.join(lake.staging_dir(cfg.lake.path, run_id), "train_plan.json")
+            try:
+                run_horovodrun(converter, params, tc.num_proc, tc.hosts or f"localhost:{tc.num_proc}", plan)
+            finally:  # it names Petastorm files deleted below: no use after this run
+                if os.path.exists(plan):
+                    os.remove(plan)
         else:
             run_on_spark(converter, params, tc.num_proc)
     except Exception as e:
+        from lib.cli import _INTERRUPTED
+        if _INTERRUPTED:  # Ctrl-C stopped Spark under the ranks: the job's one interrupted line
+            raise KeyboardInterrupt from None
         raise UserError(f"training failed ({type(e).__name__}: {str(e).strip().splitlines()[-1][:300] if str(e).strip() else ''}); "
                         f"the checkpoints in {ckpt_dir} are kept: run 'train' again with the same settings "
                         "to resume from the last finished epoch") from e

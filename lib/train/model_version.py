@@ -24,8 +24,15 @@ class ModelVersion:
         a profile id to its music preference rows; ``as_of`` as in ``transform_one``."""
         if which not in ("user", "profile"):
             raise UserError(f"which must be 'user' or 'profile', got {which!r}")
+        if isinstance(profiles, dict) or not isinstance(profiles, (list, tuple)):
+            raise UserError(f"profiles must be a list of profile dicts, got {type(profiles).__name__}")
+        if music is not None and not isinstance(music, dict):
+            raise UserError(f"music must map a profile id to its music rows, got {type(music).__name__}")
+        bad = [type(p).__name__ for p in profiles if not isinstance(p, dict)]
+        if bad:
+            raise UserError(f"each profile must be a dict of profile columns, got {bad[0]}")
         music = music or {}
-        rows = [self.preprocessor.transform_one(p, music=music.get(p.get("id"), []), as_of=as_of) for p in profiles]
+        rows = [self.preprocessor.transform_one(p, music=music.get(p.get("id") if isinstance(p.get("id"), str) else None, []), as_of=as_of) for p in profiles]
         if not rows:
             return np.zeros((0, self.user_tower.output_shape[-1]), np.float32)
         dense, ids = np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows])
