@@ -65,7 +65,7 @@ def hard_negative_lists(spark, cfg: Config):
     matches of each user that are none of its positives (any split, any source), best
     first; None when no model has published matches yet (first training)."""
     from pyspark.sql import functions as F
-    if not lake.table_exists(spark, cfg.lake.path, "matches") or not lake.table_exists(spark, cfg.lake.path, "runs"):
+    if not lake.table_exists(spark, cfg.lake.path, "matches"):
         return None
     # The visible matches are the last published match run's (one commit replaces them), so
     # they come from the model that published them, not from the newest training, which
@@ -163,9 +163,6 @@ def run(spark, cfg: Config, run_id: str) -> dict:
         else:
             run_on_spark(converter, params, tc.num_proc)
     except Exception as e:
-        from lib.cli import _INTERRUPTED
-        if _INTERRUPTED:  # Ctrl-C stopped Spark under the ranks: the job's one interrupted line
-            raise KeyboardInterrupt from None
         raise UserError(f"training failed ({type(e).__name__}: {str(e).strip().splitlines()[-1][:300] if str(e).strip() else ''}); "
                         f"the checkpoints in {ckpt_dir} are kept: run 'train' again with the same settings "
                         "to resume from the last finished epoch") from e
