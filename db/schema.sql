@@ -20,6 +20,9 @@ CREATE TABLE IF NOT EXISTS public.profiles (
     gender              text,
     sexual_orientation  text,
     looking_for         text[],          -- the genders sought; empty: derived from orientation
+    age_min             integer,         -- match settings, all optional: the ages to see ...
+    age_max             integer,
+    max_distance_km     double precision, -- ... and how far away
     city                text,
     region              text,
     latitude            double precision,
@@ -35,6 +38,11 @@ CREATE TABLE IF NOT EXISTS public.profiles (
     deleted_at          timestamptz,     -- soft delete
     banned              boolean NOT NULL DEFAULT false
 );
+
+-- The match settings came later: a database made before them gets the columns here.
+ALTER TABLE public.profiles ADD COLUMN IF NOT EXISTS age_min integer;
+ALTER TABLE public.profiles ADD COLUMN IF NOT EXISTS age_max integer;
+ALTER TABLE public.profiles ADD COLUMN IF NOT EXISTS max_distance_km double precision;
 
 CREATE TABLE IF NOT EXISTS public.music_preferences (
     id           uuid PRIMARY KEY DEFAULT gen_random_uuid(),

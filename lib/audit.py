@@ -1,33 +1,42 @@
 """audit: check the published matches against every hard filter, over the whole table.
 
 Counts the rows that break a rule (oneself, gender/orientation fit either way, an inactive
-account on either side, a pair the user already acted on in training, a block either way)
-and the users who got fewer than min(K, candidates they could get). Any violation fails
-the job. Runs on the executors; only the counts reach the driver.
+account on either side, a pair the user already acted on in training, a block either way,
+and with ``match.settings_filters`` an age range or maximum distance of either side), and
+the users who got fewer than min(K, candidates they could get): of the users with fewer
+than K, up to ``audit.short_sample`` (drawn at random) have every candidate recounted.
+Any violation fails the job. Runs on the executors; only the counts reach the driver.
+The rules are written here again in Spark SQL (lib.eligibility), not taken from the
+numpy code that applied them.
 """
 from __future__ import annotations
 
 from lib import lake
 from lib.config import Config, gender_filter_on
-from lib.eligibility import active_profiles, blocked_pairs, excluded_pairs
+from lib.eligibility import active_profiles, blocked_pairs, excluded_pairs, settings_allow
 from lib.errors import CheckFailed
 
 
 def audit_matches(spark, cfg: Config) -> dict:
     from pyspark.sql import functions as F
+    from lib.index import settings_columns
     gf = gender_filter_on(cfg.source)
+    settings = cfg.match.settings_filters
     matches = lake.read_table(spark, cfg.lake.path, "matches", "match")
     profiles = lake.read_table(spark, cfg.lake.path, "profiles", "ingest")
     inter = lake.read_table(spark, cfg.lake.path, "interactions", "synthesize")
-    active = active_profiles(profiles).select("id", "gender", "looking_for").withColumn("active", F.lit(True))
-    u = active.select(F.col("id").alias("user_id"), F.col("gender").alias("ug"), F.col("looking_for").alias("ul"),
-                      F.col("active").alias("u_active"))
-    p = active.select(F.col("id").alias("profile_id"), F.col("gender").alias("pg"),
-                      F.col("looking_for").alias("pl"), F.col("active").alias("p_active"))
+    active = active_profiles(profiles).select("id", "gender", "looking_for", *settings_columns(profiles))
+    cols = [c for c in active.columns if c != "id"]
+    u = active.select(F.col("id").alias("user_id"), *[F.col(c).alias("u_" + c) for c in cols],
+                      F.lit(True).alias("u_active"))
+    p = active.select(F.col("id").alias("profile_id"), *[F.col(c).alias("p_" + c) for c in cols],
+                      F.lit(True).alias("p_active"))
     acted = inter.where(F.col("split") == "train").select("user_id", "profile_id").distinct() \
         .withColumn("acted", F.lit(True))
     blocked = blocked_pairs(inter).withColumn("blocked", F.lit(True))
-    fit = F.array_contains("ul", F.col("pg")) & F.array_contains("pl", F.col("ug")) if gf else F.lit(True)
+    fit = (F.array_contains("u_looking_for", F.col("p_gender")) & F.array_contains("p_looking_for", F.col("u_gender"))
+           if gf else F.lit(True))
+    allowed = settings_allow("u_", "p_") if settings else F.lit(True)
     rows = (matches.join(u, "user_id", "left").join(p, "profile_id", "left")
             .join(acted, ["user_id", "profile_id"], "left").join(blocked, ["user_id", "profile_id"], "left"))
     v = rows.agg(
@@ -37,35 +46,37 @@ def audit_matches(spark, cfg: Config) -> dict:
         F.sum((F.col("u_active").isNull() | F.col("p_active").isNull()).cast("int")).alias("inactive"),
         F.sum(F.col("acted").isNotNull().cast("int")).alias("already_acted_on"),
         F.sum(F.col("blocked").isNotNull().cast("int")).alias("blocked"),
+        F.sum((F.col("u_active").isNotNull() & F.col("p_active").isNotNull() & ~allowed).cast("int"))
+        .alias("age_or_distance_settings"),
     ).first().asDict()
-    # Users short of matches: fewer than min(K, fitting active candidates not excluded).
-    pools = [(r["gender"], r["looking_for"], r["count"]) for r in
-             active.groupBy("gender", "looking_for").count().collect()]  # one row per (gender, seeks) pair
-    ug = active.select(F.col("id").alias("user_id"), "gender", "looking_for")
-    size_rows = []
-    for g, lf, _ in pools:
-        n = sum(c for pg_, pl_, c in pools if not gf or (pg_ in (lf or []) and g in (pl_ or [])))
-        size_rows.append((g, lf, n))
-    sizes = spark.createDataFrame(size_rows, "gender string, looking_for array<string>, pool long")
-    fits_self = F.array_contains("looking_for", F.col("gender")) if gf else F.lit(True)
-    excl = (excluded_pairs(inter).join(p, "profile_id").join(u, "user_id")
-            .where(fit & (F.col("user_id") != F.col("profile_id")))
-            .groupBy("user_id").agg(F.count("*").alias("n_excl")))
-    got = matches.groupBy("user_id").agg(F.count("*").alias("n"))
-    expected = (ug.join(sizes, ["gender", "looking_for"], "left").join(excl, "user_id", "left").join(got, "user_id", "left")
-                .select(F.least(F.lit(cfg.match.k),
-                                F.coalesce("pool", F.lit(0)) - F.coalesce(fits_self.cast("int"), F.lit(0))
-                                - F.coalesce("n_excl", F.lit(0))).alias("want"),
-                        F.coalesce("n", F.lit(0)).alias("n")))
-    short = expected.where(F.col("n") < F.col("want")).count()
     v = {k: int(x or 0) for k, x in v.items()}
-    v["users_short_of_matches"] = short
+    v.update(_short_users(spark, cfg, matches, u, p, fit & allowed, inter))
     return v
+
+
+def _short_users(spark, cfg: Config, matches, u, p, rule, inter) -> dict:
+    """Of the active users with fewer than K matches, a random sample (``audit.short_sample``)
+    with every candidate counted: a user short of min(K, candidates) is a violation."""
+    from pyspark.sql import functions as F
+    got = matches.groupBy("user_id").agg(F.count("*").alias("n"))
+    short = (u.join(got, "user_id", "left").withColumn("n", F.coalesce("n", F.lit(0)))
+             .where(F.col("n") < cfg.match.k))
+    n_short = short.count()
+    sample = short.orderBy(F.rand(cfg.evaluate.seed)).limit(cfg.audit.short_sample).cache()
+    pool = (sample.crossJoin(p).where(rule & (F.col("user_id") != F.col("profile_id")))
+            .join(excluded_pairs(inter), ["user_id", "profile_id"], "left_anti")
+            .groupBy("user_id").agg(F.count("*").alias("pool")))
+    bad = (sample.join(pool, "user_id", "left")
+           .where(F.col("n") < F.least(F.lit(cfg.match.k), F.coalesce("pool", F.lit(0)))).count())
+    checked = sample.count()
+    sample.unpersist()
+    return {"users_short_of_matches": bad, "users_with_fewer_than_k": n_short, "short_users_checked": checked}
 
 
 def run(spark, cfg: Config, run_id: str) -> dict:
     v = audit_matches(spark, cfg)
-    broken = {k: n for k, n in v.items() if k not in ("rows", "users") and n}
+    broken = {k: n for k, n in v.items()
+              if k not in ("rows", "users", "users_with_fewer_than_k", "short_users_checked") and n}
     if broken:
         raise CheckFailed(f"the published matches break the hard filters: {broken} (of {v['rows']} rows); "
                           "this is a bug, please report it with the run id")

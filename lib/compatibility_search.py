@@ -318,7 +318,7 @@ class CompatibilitySearch:
         """DataFrame of SCORED_DDL: ``best_compatible`` for every row of ``users`` (user_id,
         gender, looking_for, the pair fields and optionally ``excluded``: array of ids)."""
         import pandas as pd
-        from lib.match import filter_groups, shards_for
+        from lib.match import shards_for
         folder, entries, gf, cmap = self.folder, self.pools, self.gender_filter, self.cmap
         has_excluded = "excluded" in users.columns
         users = users.select("user_id", "gender", "looking_for", *PAIR_FIELDS,
@@ -340,3 +340,11 @@ class CompatibilitySearch:
                 yield pd.DataFrame(rows, columns=["user_id", "rank", "profile_id", "score"])
 
         return users.mapInPandas(apply, SCORED_DDL)
+
+
+def filter_groups(pdf):
+    """(gender, looking_for as a sorted tuple, rows) per group of users of ``pdf`` who may
+    match the same people: they search the same pools."""
+    keys = [(g, tuple(sorted(lf)) if lf is not None else ()) for g, lf in zip(pdf["gender"], pdf["looking_for"])]
+    for (gender, lf), grp in pdf.assign(_key=keys).groupby("_key", sort=False):
+        yield gender, lf, grp.drop(columns="_key")

@@ -109,12 +109,22 @@ class TrainConfig:
 @dataclass
 class IndexConfig:
     max_shard_size: int = 500000  # a filter group larger than this is split into shards
+    type: str = "auto"  # auto: flat up to flat_max profiles, else ivf | flat | ivf | hnsw
+    flat_max: int = 100000  # auto: the largest shard searched exactly
+    ivf_nlist: int = 0  # IVF lists; 0: about 4 x sqrt(shard size), a power of two
+    nprobe: int = 32  # IVF lists searched per query (see benchmarks/bulk_topk.py)
+    hnsw_m: int = 32  # HNSW links per node
+    hnsw_ef_search: int = 256  # HNSW search breadth (at least the over-fetch)
 
 
 @dataclass
 class MatchConfig:
     k: int = 50
     query_batch: int = 1024  # users searched together in one FAISS call
+    settings_filters: bool = True  # each side within the other's age range and maximum distance, if set
+    reciprocal: bool = False  # rerank by the harmonic mean of both directions' scores
+    reciprocal_pool: int = 200  # reciprocal: the best this many (one direction) are reranked
+    partitions: int = 0  # tasks the users are split into; 0: twice Spark's default parallelism
 
 
 @dataclass
@@ -128,6 +138,11 @@ class SinkConfig:
 @dataclass
 class EvaluateConfig:
     seed: int = 11  # random baseline
+
+
+@dataclass
+class AuditConfig:
+    short_sample: int = 1000  # users with fewer than K matches whose every candidate is recounted
 
 
 @dataclass
@@ -151,6 +166,7 @@ class Config:
     index: IndexConfig = field(default_factory=IndexConfig)
     match: MatchConfig = field(default_factory=MatchConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     sink: SinkConfig = field(default_factory=SinkConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     run_id: str = ""  # pin the run id (default: a new one per invocation)
@@ -300,6 +316,10 @@ def _check(cfg: Config) -> None:
                         "MLFLOW_TRACKING_PASSWORD (or DATABRICKS_TOKEN) instead")
     if cfg.tracking.enabled and not cfg.tracking.experiment.strip():
         raise UserError("tracking.experiment is empty; name the MLflow experiment, e.g. --set tracking.experiment=twotower")
+    if cfg.index.type not in INDEX_TYPES:
+        raise UserError(f"index.type {cfg.index.type!r} is not one of {', '.join(INDEX_TYPES)}")
+    if cfg.index.ivf_nlist < 0 or cfg.match.partitions < 0:
+        raise UserError("index.ivf_nlist and match.partitions must be 0 (automatic) or more")
     if cfg.source.kind not in SOURCE_KINDS:
         raise UserError(f"source.kind {cfg.source.kind!r} is not one of {', '.join(SOURCE_KINDS)}")
     if cfg.source.kind in FILE_SOURCES and not cfg.source.path:
@@ -328,6 +348,12 @@ def _check(cfg: Config) -> None:
         "train.embedding_dim": cfg.train.embedding_dim,
         "train.bag_dim": cfg.train.bag_dim,
         "index.max_shard_size": cfg.index.max_shard_size,
+        "index.flat_max": cfg.index.flat_max,
+        "index.nprobe": cfg.index.nprobe,
+        "index.hnsw_m": cfg.index.hnsw_m,
+        "index.hnsw_ef_search": cfg.index.hnsw_ef_search,
+        "match.reciprocal_pool": cfg.match.reciprocal_pool,
+        "audit.short_sample": cfg.audit.short_sample,
         "match.k": cfg.match.k,
         "match.query_batch": cfg.match.query_batch,
         "features.max_categories": cfg.features.max_categories,
@@ -367,6 +393,9 @@ def _check(cfg: Config) -> None:
         raise UserError("train.temperature and train.learning_rate must be positive")
     if not all(isinstance(u, int) and not isinstance(u, bool) and u > 0 for u in cfg.train.hidden_units):
         raise UserError(f"train.hidden_units must be a list of positive integers, got {cfg.train.hidden_units!r}")
+
+
+INDEX_TYPES = ("auto", "flat", "ivf", "hnsw")
 
 
 def gender_filter_on(src: SourceConfig) -> bool:

@@ -25,3 +25,32 @@ def excluded_pairs(interactions):
     from pyspark.sql import functions as F
     acted = interactions.where(F.col("split") == "train").select("user_id", "profile_id")
     return acted.unionByName(blocked_pairs(interactions)).distinct()
+
+
+def settings_allow(u: str, p: str):
+    """Spark Column over columns ``{u}age``, ``{u}age_min``, ... and the same with ``p``:
+    each side is within the other's age range and the distance within the smaller of their
+    maximum distances, where set. Unknown ages or coordinates fail a setting that is set.
+    (The Spark twin of lib.topk.passes, used by the audit.)"""
+    from pyspark.sql import functions as F
+
+    def c(prefix, name):
+        return F.col(prefix + name)
+
+    def within(x, lo, hi):
+        return (lo.isNull() | (x >= lo)) & (hi.isNull() | (x <= hi))
+
+    limit = F.least(c(u, "max_distance_km"), c(p, "max_distance_km"))  # least() skips nulls
+    return F.coalesce(within(c(p, "age"), c(u, "age_min"), c(u, "age_max"))
+                      & within(c(u, "age"), c(p, "age_min"), c(p, "age_max"))
+                      & (limit.isNull() | (distance_km(c(u, "latitude"), c(u, "longitude"),
+                                                       c(p, "latitude"), c(p, "longitude")) <= limit)),
+                      F.lit(False))
+
+
+def distance_km(lat1, lon1, lat2, lon2):
+    """Spark Column: great-circle distance in km (haversine, mean Earth radius)."""
+    from pyspark.sql import functions as F
+    a = (F.pow(F.sin(F.radians(lat2 - lat1) / 2), 2)
+         + F.cos(F.radians(lat1)) * F.cos(F.radians(lat2)) * F.pow(F.sin(F.radians(lon2 - lon1) / 2), 2))
+    return 2 * 6371.0088 * F.asin(F.sqrt(F.least(F.greatest(a, F.lit(0.0)), F.lit(1.0))))

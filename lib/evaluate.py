@@ -63,7 +63,7 @@ def run(spark, cfg: Config, run_id: str) -> dict:
     k = cfg.match.k
     mv = lake.latest_model_version(spark, cfg.lake.path, cfg.model_version)
     index_dir, manifest = load_index(spark, cfg, mv)
-    queries = match_queries(spark, cfg, mv).cache()
+    queries = match_queries(spark, cfg, mv, index_dir, manifest).cache()
     # Held-out positives of users who take part (an inactive user gets no matches by design).
     interactions = lake.read_table(spark, cfg.lake.path, "interactions", "synthesize")
     heldout = (interactions.where((F.col("split") == "heldout") & (F.col("label") == 1))
@@ -71,7 +71,8 @@ def run(spark, cfg: Config, run_id: str) -> dict:
     matches = lake.read_table(spark, cfg.lake.path, "matches", "match").where(F.col("model_version") == mv)
     models = {"two_tower": matches.select("user_id", "rank", "profile_id")}
     for scorer in ("random", "popularity"):
-        models[scorer] = recommend(queries, index_dir, manifest, k, scorer, cfg.evaluate.seed, cfg.match.query_batch)
+        models[scorer] = recommend(queries, index_dir, manifest, k, scorer, cfg.evaluate.seed, cfg.match.query_batch,
+                                   cfg.match.settings_filters, partitions=cfg.match.partitions)
     results = {}
     for name, recs in models.items():
         row = metrics_df(recs, heldout, k)

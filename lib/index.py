@@ -6,10 +6,16 @@ men seeking men), which cuts the work more than any index type does. A group lar
 ``index.max_shard_size`` is split by hash into several shards. Shards are built in
 parallel on the executors and written under a temporary folder that is renamed into place
 with its manifest.
+
+Each shard's index type follows its size (``index.type``, auto: flat up to
+``index.flat_max`` profiles, IVF above). The manifest lists the model version, the
+dimension, every shard's count, type, parameters, its first global position (``offset``:
+global positions key the exclusions in ``match``) and the sha-256 of each of its files.
+Shard files are described in lib.shard_store.
 """
 from __future__ import annotations
 
-import hashlib
+import json
 import math
 import os
 
@@ -17,9 +23,10 @@ from lib import lake
 from lib.config import Config, gender_filter_on
 from lib.eligibility import active_profiles
 from lib.errors import UserError
+from lib.shard_store import META_COLUMNS, choose_type, write_shard
 
 MANIFEST = "manifest.json"
-_SUMMARY_DDL = "shard int, count long, file string, ids_file string, sha256 string"
+_SUMMARY_DDL = "shard int, entry string"
 
 
 def seeks_key_col(gender_filter: bool):
@@ -38,27 +45,24 @@ def plan_shards(groups: list, max_shard_size: int) -> list:
     return plan
 
 
-def _build_shard(out_dir: str):
-    """applyInPandas function: one group of rows (one shard) -> its files and a summary row."""
+def _build_shard(out_dir: str, cfg_index):
+    """applyInPandas function: one group of rows (one shard) -> its files and its manifest entry."""
     def build(pdf):
         import faiss
-        import numpy as np
         import pandas as pd
         faiss.omp_set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1") or 1))
         shard = int(pdf["shard"].iloc[0])
-        pdf = pdf.sort_values("profile_id", kind="stable")  # same input, same file
-        x = np.ascontiguousarray(np.stack(pdf["embedding"].values).astype(np.float32))
-        index = faiss.IndexFlatIP(x.shape[1])  # embeddings are unit length: inner product = cosine
-        index.add(x)
-        name = f"shard-{shard:05d}"
-        path = os.path.join(out_dir, name + ".faiss")
-        faiss.write_index(index, path)
-        ids_path = os.path.join(out_dir, name + ".ids.parquet")
-        pdf[["profile_id", "popularity"]].reset_index(drop=True).to_parquet(ids_path, index=False)
-        digest = hashlib.sha256(open(path, "rb").read()).hexdigest()
-        return pd.DataFrame([{"shard": shard, "count": len(pdf), "file": name + ".faiss",
-                              "ids_file": name + ".ids.parquet", "sha256": digest}])
+        entry = write_shard(out_dir, shard, pdf, choose_type(len(pdf), cfg_index), cfg_index)
+        return pd.DataFrame([{"shard": shard, "entry": json.dumps(entry)}])
     return build
+
+
+def settings_columns(profiles) -> list:
+    """The profile columns the filters read; a lake from before the match settings has none
+    of them (they are then not set)."""
+    from pyspark.sql import functions as F
+    return [F.col(c) if c in profiles.columns else F.lit(None).cast("double").alias(c)
+            for c in ("age", "age_min", "age_max", "max_distance_km", "latitude", "longitude")]
 
 
 def run(spark, cfg: Config, run_id: str) -> dict:
@@ -70,10 +74,14 @@ def run(spark, cfg: Config, run_id: str) -> dict:
     inter = lake.read_table(spark, cfg.lake.path, "interactions", "synthesize")
     popularity = (inter.where((F.col("label") == 1) & (F.col("split") == "train"))
                   .groupBy("profile_id").agg(F.count("*").alias("popularity")))
-    rows = (emb.join(profiles.select(F.col("id").alias("profile_id"),
-                                     (F.col("gender") if gf else F.lit("all")).alias("g"),
-                                     seeks_key_col(gf).alias("seeks")), "profile_id")
-            .join(popularity, "profile_id", "left").fillna(0, ["popularity"]))
+    users = lake.read_table(spark, cfg.lake.path, "user_embeddings", "embed").where(F.col("model_version") == mv)
+    rows = (emb.select("profile_id", "embedding")
+            .join(profiles.select(F.col("id").alias("profile_id"), (F.col("gender") if gf else F.lit("all")).alias("g"),
+                                  seeks_key_col(gf).alias("seeks"), *settings_columns(profiles)), "profile_id")
+            .join(popularity, "profile_id", "left").fillna(0, ["popularity"])
+            # Their user-tower embedding: how much they would like someone (reciprocal scores).
+            .join(users.select(F.col("user_id").alias("profile_id"), F.col("embedding").alias("user_embedding")),
+                  "profile_id", "left"))
     groups = [(r["g"], r["seeks"], r["count"]) for r in rows.groupBy("g", "seeks").count().collect()]
     if not groups:
         raise UserError(f"no active profile has an embedding of model {mv}; run 'embed' (and check that "
@@ -89,15 +97,20 @@ def run(spark, cfg: Config, run_id: str) -> dict:
     final_dir = lake.artifact_dir(cfg.lake.path, "indexes", run_id)
     tmp_dir = final_dir + ".tmp"
     os.makedirs(tmp_dir, exist_ok=True)
-    summary = {r["shard"]: r.asDict() for r in
-               rows.select("shard", "profile_id", "embedding", "popularity")
-               .groupBy("shard").applyInPandas(_build_shard(tmp_dir), _SUMMARY_DDL).collect()}
+    # One row per shard reaches the driver: its manifest entry.
+    summary = {r["shard"]: json.loads(r["entry"]) for r in
+               rows.select("shard", *META_COLUMNS, "embedding", "user_embedding")
+               .groupBy("shard").applyInPandas(_build_shard(tmp_dir, cfg.index), _SUMMARY_DDL).collect()}
     dim = len(emb.select("embedding").first()["embedding"])
+    shards, offset = [], 0
+    for s in plan:
+        entry = summary[s["shard"]]
+        shards.append({**entry, "offset": offset, "gender": s["gender"], "seeks": s["seeks"].split("|")})
+        offset += entry["count"]
     manifest = {"index_run_id": run_id, "model_version": mv, "dim": dim, "metric": "inner_product",
-                "gender_filter": gf,
-                "shards": [{**summary[s["shard"]], "type": "flat", "gender": s["gender"],
-                            "seeks": s["seeks"].split("|")} for s in plan]}
+                "gender_filter": gf, "count": offset, "shards": shards}
     lake.write_json_atomic(os.path.join(tmp_dir, MANIFEST), manifest)
     lake.publish_dir(tmp_dir, final_dir)
-    return {"model_version": mv, "index_dir": final_dir, "shards": len(plan),
-            "profiles_indexed": sum(s["count"] for s in manifest["shards"])}
+    types = sorted({s["type"] for s in shards})
+    return {"model_version": mv, "index_dir": final_dir, "shards": len(plan), "types": types,
+            "profiles_indexed": offset}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import shutil
 
 from lib import lake
@@ -410,6 +411,7 @@ def _merge(spark, lake_path: str, table: str, rows, complete_source: str | None)
     if not DeltaTable.isDeltaTable(spark, path):
         lake.write_table(rows.where("_action = 'upsert'").select(*cols), lake_path, table, mode="overwrite")
         return
+    _add_new_columns(spark, path, rows.select(*cols).schema)
     values = {c: f"s.`{c}`" for c in cols}
     m = (DeltaTable.forPath(spark, path).alias("t").merge(rows.alias("s"), "t.id = s.id")
          .whenMatchedDelete(condition="s._action = 'delete'")
@@ -419,6 +421,16 @@ def _merge(spark, lake_path: str, table: str, rows, complete_source: str | None)
     if complete_source:
         m = m.whenNotMatchedBySourceDelete(condition=f"t.source = '{complete_source}'")
     m.execute()
+
+
+def _add_new_columns(spark, path: str, schema) -> None:
+    """A lake made by an older version lacks columns added since (the match settings):
+    add them, empty, so the MERGE can fill them. Existing rows and history are untouched."""
+    have = set(spark.read.format("delta").load(path).columns)
+    new = [f"`{f.name}` {f.dataType.simpleString()}" for f in schema.fields if f.name not in have]
+    if new:
+        log.info("ingest: adding columns %s to %s", ", ".join(new), os.path.basename(path))
+        spark.sql(f"ALTER TABLE delta.`{path}` ADD COLUMNS ({', '.join(new)})")
 
 
 # --- housekeeping -----------------------------------------------------------------------

@@ -2,18 +2,20 @@
 
 The hard filters are applied in two places. Mutual gender/orientation fit and "only
 active, set-up profiles" are guaranteed by which shards a user searches (see lib.index).
-Oneself, everyone the user acted on in training and blocks in either direction are removed
-after the search; each shard is over-fetched by that user's count of such exclusions, so K
-remain and the merged top-K is exact.
+Oneself, everyone the user acted on in training, blocks in either direction and (with
+``match.settings_filters``) both sides' age ranges and maximum distances are applied to
+the merged candidates, with over-fetch and deeper rounds so that K remain (lib.topk).
 
-``topk`` is plain numpy and FAISS; ``recommend`` runs it on the executors. The same code
-serves the two-tower model and the random and popularity baselines (``scorer``).
+On the executors: the users are range-partitioned by their filter group, so a task meets
+few groups and loads each shard it needs once (cached per Python worker); it searches
+blocks of ``match.query_batch`` users. Only counts reach the driver.
+
+``recommend`` serves the two-tower model and the random and popularity baselines
+(``scorer``) of ``evaluate`` alike.
 """
 from __future__ import annotations
 
-import hashlib
 import os
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -21,28 +23,11 @@ from lib import lake
 from lib.config import Config
 from lib.eligibility import active_profiles, excluded_pairs
 from lib.errors import UserError
+from lib.shard_store import ATTRIBUTES, load_shard
+from lib.topk import Users, shard_set, topk
 
 RECS_DDL = "user_id string, rank int, profile_id string, score float"
 SCORERS = ("two_tower", "popularity", "random")
-
-
-@dataclass
-class Shard:
-    index: object  # faiss.Index over the shard's profile embeddings
-    ids: np.ndarray  # [n] object: profile ids, row i of the index
-    popularity: np.ndarray  # [n] int64: training positives received
-
-    @property
-    def count(self) -> int:
-        return len(self.ids)
-
-
-def load_shard(index_dir: str, entry: dict) -> Shard:
-    import faiss
-    import pandas as pd
-    side = pd.read_parquet(os.path.join(index_dir, entry["ids_file"]))
-    return Shard(faiss.read_index(os.path.join(index_dir, entry["file"])),
-                 side["profile_id"].to_numpy(dtype=object), side["popularity"].to_numpy(dtype=np.int64))
 
 
 def shards_for(entries: list, gender, looking_for, gender_filter: bool) -> list:
@@ -53,101 +38,47 @@ def shards_for(entries: list, gender, looking_for, gender_filter: bool) -> list:
     return [e for e in entries if e["gender"] in wants and gender in e["seeks"]]
 
 
-def _user_seed(seed: int, user_id: str) -> list:
-    return [seed, int.from_bytes(hashlib.blake2b(user_id.encode(), digest_size=8).digest(), "little")]
-
-
-def candidates(queries: np.ndarray, user_ids: list, shards: list, fetch: int, scorer: str, seed: int):
-    """(scores [n, m] float32, ids [n, m] object) for each user: per shard its best ``fetch``
-    (by the scorer), concatenated over shards. Padding (a shard smaller than ``fetch``) has
-    score -inf and id None."""
-    n = len(user_ids)
-    if scorer == "random":
-        # A uniform sample without replacement from the union of the shards: how many come
-        # from each shard is hypergeometric, then a random order ranks them.
-        counts = np.array([s.count for s in shards], dtype=np.int64)
-        total = int(min(fetch, counts.sum()))
-        scores = np.full((n, total), -np.inf, dtype=np.float32)
-        ids = np.full((n, total), None, dtype=object)
-        for r, uid in enumerate(user_ids):
-            rng = np.random.default_rng(_user_seed(seed, uid))
-            take = rng.multivariate_hypergeometric(counts, total) if total else counts * 0
-            picked = [s.ids[rng.choice(s.count, size=t, replace=False)] for s, t in zip(shards, take) if t]
-            if picked:
-                row = np.concatenate(picked)
-                ids[r, :len(row)] = row
-                scores[r, :len(row)] = rng.permutation(len(row)).astype(np.float32)
-        return scores, ids
-    all_scores, all_ids = [], []
-    for s in shards:
-        kf = min(fetch, s.count)
-        if kf == 0:
-            continue
-        if scorer == "two_tower":
-            d, i = s.index.search(queries, kf)
-            all_scores.append(d.astype(np.float32))
-            all_ids.append(s.ids[np.maximum(i, 0)])
-        elif scorer == "popularity":
-            order = np.lexsort((s.ids.astype(str), -s.popularity))[:kf]  # most popular, ties by id
-            all_scores.append(np.broadcast_to(s.popularity[order].astype(np.float32), (n, kf)))
-            all_ids.append(np.broadcast_to(s.ids[order], (n, kf)))
-        else:
-            raise ValueError(f"unknown scorer {scorer!r}")
-    if not all_scores:
-        return np.zeros((n, 0), np.float32), np.zeros((n, 0), object)
-    return np.concatenate(all_scores, axis=1), np.concatenate(all_ids, axis=1)
-
-
-def topk(queries: np.ndarray, user_ids: list, excluded: list, shards: list, k: int, scorer: str = "two_tower",
-         seed: int = 0) -> list:
-    """[(user_id, rank, profile_id, score)] with ranks 1..k per user, best first.
-
-    queries:  [n, d] float32 user embeddings (unused by the baselines)
-    excluded: per user, the set of profile ids never to return (the user is added)
-    """
-    fetch = k + 1 + max((len(e) for e in excluded), default=0)
-    scores, ids = candidates(queries, user_ids, shards, fetch, scorer, seed)
-    out = []
-    for r, uid in enumerate(user_ids):
-        banned = excluded[r]
-        rank = 0
-        for j in np.argsort(-scores[r], kind="stable"):
-            pid = ids[r, j]
-            if pid is None or pid == uid or pid in banned:
-                continue
-            rank += 1
-            out.append((uid, rank, pid, float(scores[r, j])))
-            if rank == k:
-                break
-    return out
-
-
-def filter_groups(pdf):
-    """(gender, looking_for as a sorted tuple, rows) per group of users of ``pdf`` who may
-    match the same people: they search the same shards."""
-    keys = [(g, tuple(sorted(lf)) if lf is not None else ()) for g, lf in zip(pdf["gender"], pdf["looking_for"])]
-    for (gender, lf), grp in pdf.assign(_key=keys).groupby("_key", sort=False):
-        yield gender, lf, grp.drop(columns="_key")
-
-
-_SHARDS: dict = {}  # (index_dir, file) -> Shard, loaded once per Python worker
-
-
-def _cached_shard(index_dir: str, entry: dict) -> Shard:
-    key = (index_dir, entry["file"])
-    if key not in _SHARDS:
-        _SHARDS[key] = load_shard(index_dir, entry)
-    return _SHARDS[key]
-
-
-def match_queries(spark, cfg: Config, model_version: str):
-    """Active users with embedding, gender, looking_for and the profile ids they must never get."""
+def group_key_col(gender_filter: bool):
+    """Spark Column: users with the same key search the same shards."""
     from pyspark.sql import functions as F
+    if not gender_filter:
+        return F.lit("all")
+    return F.concat_ws("#", F.coalesce("gender", F.lit("")), F.array_join(F.array_sort("looking_for"), "|"))
+
+
+# --- the queries ----------------------------------------------------------------------
+def index_positions(spark, index_dir: str, manifest: dict):
+    """(profile_id, gpos): every indexed profile's global position (manifest offset + row)."""
+    from pyspark.sql import functions as F
+    offsets = F.create_map(*[F.lit(x) for e in manifest["shards"] for x in (e["shard"], e["offset"])])
+    meta = spark.read.parquet(*[os.path.join(index_dir, e["meta_file"]) for e in manifest["shards"]])
+    return meta.select("profile_id", (F.element_at(offsets, F.col("shard")) + F.col("row")).alias("gpos"))
+
+
+def match_queries(spark, cfg: Config, model_version: str, index_dir: str, manifest: dict, reciprocal: bool = False):
+    """Active users with their embedding, filter group, settings, own index position and the
+    index positions they must never get (``excluded``); with ``reciprocal`` also their own
+    profile embedding."""
+    from pyspark.sql import functions as F
+    from lib.index import settings_columns
+    gf = manifest["gender_filter"]
     emb = (lake.read_table(spark, cfg.lake.path, "user_embeddings", "embed")
            .where(F.col("model_version") == model_version).select("user_id", "embedding"))
-    users = active_profiles(lake.read_table(spark, cfg.lake.path, "profiles", "ingest")) \
-        .select(F.col("id").alias("user_id"), "gender", "looking_for")
-    return emb.join(users, "user_id").join(excluded_lists(spark, cfg), "user_id", "left")
+    profiles = lake.read_table(spark, cfg.lake.path, "profiles", "ingest")
+    users = active_profiles(profiles).select(F.col("id").alias("user_id"), "gender", "looking_for",
+                                             *settings_columns(profiles))
+    pos = index_positions(spark, index_dir, manifest)
+    excluded = (excluded_pairs(lake.read_table(spark, cfg.lake.path, "interactions", "synthesize"))
+                .join(pos, "profile_id").groupBy("user_id").agg(F.collect_list("gpos").alias("excluded")))
+    q = (emb.join(users, "user_id").join(excluded, "user_id", "left")
+         .join(pos.select(F.col("profile_id").alias("user_id"), F.col("gpos")), "user_id", "left")
+         .withColumn("group_key", group_key_col(gf)))
+    if reciprocal:
+        mine = (lake.read_table(spark, cfg.lake.path, "profile_embeddings", "embed")
+                .where(F.col("model_version") == model_version)
+                .select(F.col("profile_id").alias("user_id"), F.col("embedding").alias("profile_embedding")))
+        q = q.join(mine, "user_id", "left")
+    return q
 
 
 def excluded_lists(spark, cfg: Config):
@@ -157,32 +88,78 @@ def excluded_lists(spark, cfg: Config):
             .groupBy("user_id").agg(F.collect_set("profile_id").alias("excluded")))
 
 
-def recommend(queries_df, index_dir: str, manifest: dict, k: int, scorer: str, seed: int, batch: int):
+# --- on the executors -----------------------------------------------------------------
+_SHARDS: dict = {}  # (index_dir, file) -> Shard, loaded once per Python worker
+_SETS: dict = {}  # (index_dir, files) -> ShardSet of a filter group
+
+
+def _cached_set(index_dir: str, entries: list):
+    if any(d != index_dir for d, _ in _SHARDS):
+        _SHARDS.clear()  # a newer index: the old one's shards are not needed again
+        _SETS.clear()
+    key = (index_dir, tuple(e["file"] for e in entries))
+    if key not in _SETS:
+        for e in entries:
+            if (index_dir, e["file"]) not in _SHARDS:
+                _SHARDS[(index_dir, e["file"])] = load_shard(index_dir, e)
+        _SETS[key] = shard_set([_SHARDS[(index_dir, e["file"])] for e in entries], [e["offset"] for e in entries])
+    return _SETS[key]
+
+
+def _users(pdf, reciprocal: bool) -> Users:
+    """The Users of a pandas block of ``match_queries`` rows."""
+    def floats(col):
+        return pdf[col].to_numpy(dtype=np.float64, na_value=np.nan)
+    profile_vectors = None
+    if reciprocal:
+        d = len(pdf["embedding"].iloc[0])
+        profile_vectors = np.stack([np.asarray(v, np.float32) if v is not None else np.full(d, np.nan, np.float32)
+                                    for v in pdf["profile_embedding"].values])
+    return Users(
+        ids=pdf["user_id"].to_numpy(dtype=object),
+        queries=np.ascontiguousarray(np.stack(pdf["embedding"].values).astype(np.float32)),
+        gpos=pdf["gpos"].to_numpy(dtype=np.float64, na_value=-1).astype(np.int64),
+        excluded=[np.asarray(e, dtype=np.int64) if e is not None else np.zeros(0, np.int64) for e in pdf["excluded"]],
+        attrs={a: floats(a) for a in ATTRIBUTES}, profile_vectors=profile_vectors)
+
+
+def recommend(queries_df, index_dir: str, manifest: dict, k: int, scorer: str, seed: int, batch: int,
+              settings: bool = True, reciprocal: bool = False, pool: int = 0, partitions: int = 0):
     """DataFrame of RECS_DDL rows: top-k per user of ``queries_df`` (see ``match_queries``)."""
     import pandas as pd
     entries, gf = manifest["shards"], manifest["gender_filter"]
+    by_key = {}  # group key -> its manifest entries (a handful of keys: genders x genders sought)
+
+    def entries_for(key):
+        if key not in by_key:
+            gender, _, seeks = key.partition("#")
+            by_key[key] = shards_for(entries, gender, seeks.split("|") if seeks else [], gf)
+        return by_key[key]
 
     def apply(batches):
         import faiss
         faiss.omp_set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1") or 1))
         for pdf in batches:
-            if len(pdf) == 0:
-                continue
-            rows = []
-            for gender, lf, grp in filter_groups(pdf):
-                shards = [_cached_shard(index_dir, e) for e in shards_for(entries, gender, lf, gf)]
-                if not shards:
-                    continue  # nobody could match this user
+            for key, grp in pdf.groupby("group_key", sort=False):
+                mine = entries_for(key)
+                if not mine:
+                    continue  # nobody could match these users
+                sset = _cached_set(index_dir, mine)
                 for start in range(0, len(grp), batch):
-                    part = grp.iloc[start:start + batch]
-                    q = np.ascontiguousarray(np.stack(part["embedding"].values).astype(np.float32))
-                    excl = [set(e) if e is not None else set() for e in part["excluded"]]
-                    rows += topk(q, list(part["user_id"]), excl, shards, k, scorer, seed)
-            yield pd.DataFrame(rows, columns=["user_id", "rank", "profile_id", "score"])
+                    users = _users(grp.iloc[start:start + batch], reciprocal)
+                    rows, ranks, slots, scores = topk(users, sset, k, scorer, seed, settings, reciprocal, pool)
+                    yield pd.DataFrame({"user_id": users.ids[rows], "rank": ranks,
+                                        "profile_id": sset.ids[slots], "score": scores})
 
-    return queries_df.mapInPandas(apply, RECS_DDL)
+    spark = queries_df.sparkSession
+    n = partitions or 2 * spark.sparkContext.defaultParallelism
+    # By filter group, then user: a task meets few groups, and a large group still spreads
+    # over several tasks.
+    parts = queries_df.repartitionByRange(n, "group_key", "user_id").sortWithinPartitions("group_key", "user_id")
+    return parts.mapInPandas(apply, RECS_DDL)
 
 
+# --- the job ----------------------------------------------------------------------------
 def load_index(spark, cfg: Config, model_version: str):
     """(index_dir, manifest) of the newest index built for ``model_version``."""
     run = lake.latest_run(spark, cfg.lake.path, "index")
@@ -192,6 +169,8 @@ def load_index(spark, cfg: Config, model_version: str):
     if manifest["model_version"] != model_version:
         raise UserError(f"the newest index was built for model {manifest['model_version']}, not {model_version}; "
                         "run 'index' (or pin --set model_version=...)")
+    if "offset" not in manifest["shards"][0]:
+        raise UserError(f"the index {index_dir} was built by an older version of this project; run 'index' again")
     return index_dir, manifest
 
 
@@ -209,16 +188,35 @@ def _refuse_if_erased_since(spark, cfg: Config, index_run: dict) -> None:
                         f"(run {index_run['run_id']}) was built; run embed and index first (or the pipeline)")
 
 
-def run(spark, cfg: Config, run_id: str) -> dict:
+def recommendations(spark, cfg: Config, run_id: str):
+    """(DataFrame of the matches table's rows, not yet written; facts about the search)."""
     from pyspark.sql import functions as F
     mv = lake.latest_model_version(spark, cfg.lake.path, cfg.model_version)
     index_dir, manifest = load_index(spark, cfg, mv)
-    recs = recommend(match_queries(spark, cfg, mv), index_dir, manifest, cfg.match.k, "two_tower", 0,
-                     cfg.match.query_batch)
+    m = cfg.match
+    queries = match_queries(spark, cfg, mv, index_dir, manifest, m.reciprocal)
+    recs = recommend(queries, index_dir, manifest, m.k, "two_tower", 0, m.query_batch, m.settings_filters,
+                     m.reciprocal, m.reciprocal_pool, m.partitions)
     out = (recs.withColumn("model_version", F.lit(mv)).withColumn("run_id", F.lit(run_id))
            .withColumn("generated_at", F.current_timestamp()))
-    # One Delta commit replaces the visible matches: readers see the old run or the new one.
-    lake.write_table(out, cfg.lake.path, "matches", mode="overwrite")
-    stats = lake.read_table(spark, cfg.lake.path, "matches").agg(
+    return out, {"model_version": mv, "index_dir": index_dir, "manifest": manifest}
+
+
+def publish(spark, cfg: Config, recs) -> dict:
+    """One Delta commit replaces the visible matches: readers see the old run or the new one,
+    and earlier runs stay readable by version (time travel) until VACUUM."""
+    from delta.tables import DeltaTable
+    from pyspark.sql import functions as F
+    lake.write_table(recs, cfg.lake.path, "matches", mode="overwrite")
+    path = lake.table_path(cfg.lake.path, "matches")
+    version = DeltaTable.forPath(spark, path).history(1).select("version").first()["version"]
+    stats = spark.read.format("delta").option("versionAsOf", version).load(path).agg(
         F.count("*").alias("rows"), F.countDistinct("user_id").alias("users")).first()
-    return {"model_version": mv, "rows": stats["rows"], "users_with_matches": stats["users"], "k": cfg.match.k}
+    return {"rows": stats["rows"], "users_with_matches": stats["users"], "delta_version": int(version)}
+
+
+def run(spark, cfg: Config, run_id: str) -> dict:
+    recs, facts = recommendations(spark, cfg, run_id)
+    info = publish(spark, cfg, recs)
+    return {"model_version": facts["model_version"], **info, "k": cfg.match.k,
+            "reciprocal": cfg.match.reciprocal, "index_types": sorted({e["type"] for e in facts["manifest"]["shards"]})}

@@ -4,13 +4,18 @@ from __future__ import annotations
 GENDERS = ("male", "female", "non-binary")
 ORIENTATIONS = ("straight", "gay", "lesbian", "bisexual", "pansexual", "queer", "asexual")
 
+# A person's own match settings (all optional): the ages they want to see and how far away
+# (km). ``match`` applies them both ways: each side must be within the other's settings.
+SETTINGS_COLUMNS = ("age_min", "age_max", "max_distance_km")
+
 # Never copied into features, logs, quarantine or match tables.
 PRIVATE_COLUMNS = ("name", "avatar_url", "bio")
 
 PROFILES_DDL = (
     "id string, created_at timestamp, updated_at timestamp, name string, avatar_url string, "
     "setup_complete boolean, age int, gender string, sexual_orientation string, "
-    "looking_for array<string>, location string, region string, latitude double, longitude double, bio string, "
+    "looking_for array<string>, age_min int, age_max int, max_distance_km double, "
+    "location string, region string, latitude double, longitude double, bio string, "
     "interests array<string>, relationship_goal string, education_level string, job_title string, "
     "height double, drinking_habits string, smoking_habits string, group_id string, "
     "attributes map<string,string>, source string, deleted_at timestamp, banned boolean, "

@@ -25,6 +25,11 @@ def profile_rules(gender_filter: bool, has_age: bool = True) -> list:
         ("age_missing", age.isNull(), "age is missing"),
         ("age_under_18", age < MIN_AGE, f"age is under {MIN_AGE}"),
         ("age_over_100", age > MAX_AGE, f"age is over {MAX_AGE}"),
+        ("age_range_invalid", _bad_age_setting("age_min") | _bad_age_setting("age_max")
+         | F.coalesce(F.col("age_min") > F.col("age_max"), F.lit(False)),
+         f"age_min/age_max must be whole numbers in {MIN_AGE}..{MAX_AGE} with age_min <= age_max"),
+        ("max_distance_invalid", F.coalesce(~(F.col("max_distance_km") > 0) | F.isnan("max_distance_km"), F.lit(False)),
+         "max_distance_km must be a positive number of kilometres"),
         ("unknown_orientation", orient.isNotNull() & ~orient.isin(*ORIENTATIONS),
          f"sexual_orientation is not one of {', '.join(ORIENTATIONS)}"),
     ]
@@ -34,6 +39,12 @@ def profile_rules(gender_filter: bool, has_age: bool = True) -> list:
         rules.insert(3, ("unknown_gender", gender.isNull() | ~gender.isin(*GENDERS),
                          f"gender is not one of {', '.join(GENDERS)}"))
     return rules
+
+
+def _bad_age_setting(name: str):
+    from pyspark.sql import functions as F
+    c = F.col(name)
+    return F.coalesce((c < MIN_AGE) | (c > MAX_AGE), F.lit(False))
 
 
 def music_rules() -> list:

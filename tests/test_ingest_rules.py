@@ -66,3 +66,19 @@ def test_sources_without_age_do_not_need_one(spark):
                                "_corrupt_record string, _pos long")
     assert by_id(check_profiles(df, False, False)) == {"p1": (None, "upsert")}
     assert by_id(check_profiles(df, False, True)) == {"p1": ("age_missing", "keep")}
+
+
+def test_match_settings_rules(spark):
+    schema = ("id string, age int, _age_raw string, gender string, sexual_orientation string, age_min int, "
+              "age_max int, max_distance_km double, _corrupt_record string, _pos long")
+    rows = [("ok", 30, 25, 40, 50.0), ("none", 30, None, None, None), ("only_min", 30, 25, None, None),
+            ("inverted", 30, 40, 25, None), ("min_17", 30, 17, 40, None), ("max_101", 30, 20, 101, None),
+            ("zero_km", 30, None, None, 0.0), ("nan_km", 30, None, None, float("nan")),
+            ("no_limit", 30, None, None, float("inf"))]
+    df = spark.createDataFrame([(i, a, str(a), "male", "straight", lo, hi, d, None, n)
+                                for n, (i, a, lo, hi, d) in enumerate(rows)], schema)
+    assert by_id(check_profiles(df, True, True)) == {
+        "ok": (None, "upsert"), "none": (None, "upsert"), "only_min": (None, "upsert"),
+        "inverted": ("age_range_invalid", "keep"), "min_17": ("age_range_invalid", "keep"),
+        "max_101": ("age_range_invalid", "keep"), "zero_km": ("max_distance_invalid", "keep"),
+        "nan_km": ("max_distance_invalid", "keep"), "no_limit": (None, "upsert")}

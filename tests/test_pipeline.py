@@ -10,6 +10,7 @@ from lib import lake
 from lib.cli import PIPELINE, main
 from lib.schema import fits
 from tests.conftest import ROOT
+from tests.match_rules import allowed
 
 K = 20
 SMALL = ["source.num_profiles=900", "train.epochs=6", "train.batch_size=64", f"match.k={K}",
@@ -52,12 +53,14 @@ def test_matches_obey_every_hard_filter(spark, small_run):
         assert m["user_id"] in active and m["profile_id"] in active
         assert fits(u["gender"], u["looking_for"], p["gender"], p["looking_for"])
         assert (m["user_id"], m["profile_id"]) not in acted
+        assert allowed(u, p)  # age ranges and distances, both ways
         by_user.setdefault(m["user_id"], []).append(m)
     # Every active user gets min(K, the candidates they could get), ranked 1..n by score.
     for uid in active:
         u = profiles[uid]
         can = [pid for pid in active if pid != uid and (uid, pid) not in acted
-               and fits(u["gender"], u["looking_for"], profiles[pid]["gender"], profiles[pid]["looking_for"])]
+               and fits(u["gender"], u["looking_for"], profiles[pid]["gender"], profiles[pid]["looking_for"])
+               and allowed(u, profiles[pid])]
         got = sorted(by_user.get(uid, []), key=lambda m: m["rank"])
         assert len(got) == min(K, len(can)), uid
         assert [m["rank"] for m in got] == list(range(1, len(got) + 1))
@@ -65,6 +68,10 @@ def test_matches_obey_every_hard_filter(spark, small_run):
     assert {m["model_version"] for m in matches} == {r["model_version"] for r in table(spark, small_run, "runs")
                                                      if r["stage"] == "match"}
     assert not any(c in matches[0] for c in ("name", "bio", "avatar_url"))
+    # The settings took effect: some users set them, and some of those got fewer than K.
+    choosy = [uid for uid in active if profiles[uid]["age_min"] is not None or profiles[uid]["max_distance_km"]]
+    assert len(choosy) > len(active) / 10
+    assert any(len(by_user.get(uid, [])) < K for uid in choosy)
 
 
 def test_model_beats_both_baselines(spark, small_run):
@@ -99,8 +106,12 @@ def test_audit_catches_broken_rows(spark, small_run, tmp_path):
     from lib.audit import audit_matches
     from tests.conftest import make_cfg
     cfg = make_cfg(small_run, f"match.k={K}")
-    assert {k: v for k, v in audit_matches(spark, cfg).items() if k not in ("rows", "users")} == {
-        "self": 0, "gender_fit": 0, "inactive": 0, "already_acted_on": 0, "blocked": 0, "users_short_of_matches": 0}
+    clean = audit_matches(spark, cfg)
+    assert {k: v for k, v in clean.items() if k not in ("rows", "users", "users_with_fewer_than_k",
+                                                         "short_users_checked")} == {
+        "self": 0, "gender_fit": 0, "inactive": 0, "already_acted_on": 0, "blocked": 0,
+        "age_or_distance_settings": 0, "users_short_of_matches": 0}
+    assert 0 < clean["short_users_checked"] == min(1000, clean["users_with_fewer_than_k"])
     profiles = lake.read_table(spark, small_run, "profiles")
     man = profiles.where("gender = 'male' and array_contains(looking_for, 'female') and setup_complete "
                          "and deleted_at is null and not banned").first()["id"]
@@ -111,9 +122,24 @@ def test_audit_catches_broken_rows(spark, small_run, tmp_path):
     copy = str(tmp_path / "lake")
     import shutil
     shutil.copytree(small_run, copy)
+    # Someone outside a choosy user's age range, but otherwise a fit.
+    act = profiles.where("setup_complete and deleted_at is null and not banned")
+    chooser = act.where("age_min is not null and gender = 'female' and array_contains(looking_for, 'male')").first()
+    too_old = act.where(f"gender = 'male' and array_contains(looking_for, 'female') and age > {chooser['age_max']}"
+                        ).first()["id"]
+    bad = bad.unionByName(m.withColumn("user_id", F.lit(chooser["id"])).withColumn("profile_id", F.lit(too_old)))
     lake.write_table(bad, copy, "matches", mode="append")
-    v = audit_matches(spark, make_cfg(copy, f"match.k={K}"))
+    # A user whose matches are dropped is short of them.
+    short_user = m.first()["user_id"]
+    lake.write_table(lake.read_table(spark, copy, "matches").where(F.col("user_id") != short_user), copy, "matches")
+    v = audit_matches(spark, make_cfg(copy, f"match.k={K}", "audit.short_sample=100000"))
     assert v["self"] == 1 and v["gender_fit"] == 2  # a straight man is no fit for himself either
+    people = {r["id"]: r.asDict() for r in act.collect()}
+    injected = [(man, man), (man, other_man), (chooser["id"], too_old)]
+    assert not allowed(people[chooser["id"]], people[too_old])
+    assert v["age_or_distance_settings"] == sum(1 for a, b in injected
+                                                if a in people and b in people and not allowed(people[a], people[b]))
+    assert v["users_short_of_matches"] == 1
 
 
 def test_index_shards_follow_the_filter_groups(spark, small_run):
@@ -126,7 +152,7 @@ def test_index_shards_follow_the_filter_groups(spark, small_run):
     seen = []
     assert len(manifest["shards"]) >= 2
     for s in manifest["shards"]:
-        ids = pd.read_parquet(os.path.join(index_dir, s["ids_file"]))["profile_id"].tolist()
+        ids = pd.read_parquet(os.path.join(index_dir, s["meta_file"]))["profile_id"].tolist()
         index = faiss.read_index(os.path.join(index_dir, s["file"]))
         assert index.ntotal == len(ids) == s["count"] and index.d == manifest["dim"]
         for pid in ids:  # every profile of a shard has the shard's gender and seeks its genders

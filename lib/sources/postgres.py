@@ -37,7 +37,7 @@ _COLUMNS = {
     "profiles": """
         id::text AS id, created_at, setup_complete,
         extract(year FROM age({w} AT TIME ZONE 'UTC', birth_date))::int AS age,
-        gender, sexual_orientation, looking_for, city AS location, region, latitude, longitude,
+        gender, sexual_orientation, looking_for, age_min, age_max, max_distance_km, city AS location, region, latitude, longitude,
         interests, relationship_goal, education_level, job_title,
         height_cm::double precision AS height, drinking_habits, smoking_habits, deleted_at, banned""",
     "music_preferences": "id::text AS id, created_at, user_id::text AS user_id, genre, artist_name, deleted_at",

@@ -124,7 +124,23 @@ def generate_profile(i: int, seed: int, spec: dict) -> dict:
         "banned": bool(rng.random() < float(d.get("banned", 0.0))),
         "deleted_at": (EPOCH if rng.random() < float(d.get("deleted", 0.0)) else None),
         "music": music,
+        **_settings(seed, i, age, d.get("settings") or {}),
     }
+
+
+def _settings(seed: int, i: int, age: int, spec: dict) -> dict:
+    """The match settings of profile ``i``: an age range and a maximum distance, each set by
+    a share of people. Their own random stream, so the rest of the profile is unchanged."""
+    rng = np.random.default_rng([seed, i, 1])
+    out = {"age_min": None, "age_max": None, "max_distance_km": None}
+    if rng.random() < float(spec.get("age_range", 0.0)):
+        below, above = spec.get("age_below", [2, 10]), spec.get("age_above", [3, 15])
+        out["age_min"] = max(18, age - int(rng.integers(below[0], below[1] + 1)))
+        out["age_max"] = min(100, age + int(rng.integers(above[0], above[1] + 1)))
+    if rng.random() < float(spec.get("max_distance", 0.0)):
+        lo, hi = spec.get("max_distance_km", [50, 800])
+        out["max_distance_km"] = float(round(rng.uniform(lo, hi)))
+    return out
 
 
 _GEN_DDL = (
@@ -133,7 +149,7 @@ _GEN_DDL = (
     "longitude double, bio string, interests array<string>, relationship_goal string, "
     "education_level string, job_title string, height double, drinking_habits string, "
     "smoking_habits string, group_id string, banned boolean, deleted_at timestamp, "
-    "music array<struct<genre:string,artist_name:string>>"
+    "age_min int, age_max int, max_distance_km double, music array<struct<genre:string,artist_name:string>>"
 )
 
 
