@@ -106,29 +106,47 @@ def _cached_set(index_dir: str, entries: list):
     return _SETS[key]
 
 
-def _users(pdf, reciprocal: bool) -> Users:
-    """The Users of a pandas block of ``match_queries`` rows."""
-    def floats(col):
-        return pdf[col].to_numpy(dtype=np.float64, na_value=np.nan)
-    profile_vectors = None
-    if reciprocal:
-        d = len(pdf["embedding"].iloc[0])
-        profile_vectors = np.stack([np.asarray(v, np.float32) if v is not None else np.full(d, np.nan, np.float32)
-                                    for v in pdf["profile_embedding"].values])
+def _floats(col) -> np.ndarray:
+    """An Arrow numeric column as float64, NaN where null."""
+    import pyarrow.compute as pc
+    return pc.fill_null(col.cast("double"), float("nan")).to_numpy(zero_copy_only=False)
+
+
+def _matrix(col, d: int) -> np.ndarray:
+    """An Arrow list<float> column as [n, d] float32; null rows are NaN."""
+    out = np.full((len(col), d), np.nan, np.float32)
+    valid = col.is_valid().to_numpy(zero_copy_only=False)
+    out[valid] = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, d)
+    return out
+
+
+def _users(batch, reciprocal: bool) -> Users:
+    """The Users of an Arrow record batch of ``match_queries`` rows (no Python object per value)."""
+    import pyarrow.compute as pc
+    emb = batch.column("embedding")
+    d = len(emb[0])
+    excl = batch.column("excluded")
+    lens = pc.fill_null(pc.list_value_length(excl), 0).to_numpy(zero_copy_only=False)
+    values = excl.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
     return Users(
-        ids=pdf["user_id"].to_numpy(dtype=object),
-        queries=np.ascontiguousarray(np.stack(pdf["embedding"].values).astype(np.float32)),
-        gpos=pdf["gpos"].to_numpy(dtype=np.float64, na_value=-1).astype(np.int64),
-        excluded=[np.asarray(e, dtype=np.int64) if e is not None else np.zeros(0, np.int64) for e in pdf["excluded"]],
-        attrs={a: floats(a) for a in ATTRIBUTES}, profile_vectors=profile_vectors)
+        ids=batch.column("user_id"), queries=np.ascontiguousarray(_matrix(emb, d)),
+        gpos=pc.fill_null(batch.column("gpos"), -1).to_numpy(zero_copy_only=False).astype(np.int64),
+        excluded=np.split(values, np.cumsum(lens)[:-1]) if len(lens) else [],
+        attrs={a: _floats(batch.column(a)) for a in ATTRIBUTES},
+        profile_vectors=_matrix(batch.column("profile_embedding"), d) if reciprocal else None)
 
 
 def recommend(queries_df, index_dir: str, manifest: dict, k: int, scorer: str, seed: int, batch: int,
               settings: bool = True, reciprocal: bool = False, pool: int = 0, partitions: int = 0):
-    """DataFrame of RECS_DDL rows: top-k per user of ``queries_df`` (see ``match_queries``)."""
-    import pandas as pd
+    """DataFrame of RECS_DDL rows: top-k per user of ``queries_df`` (see ``match_queries``).
+
+    Arrow in and out (mapInArrow): ids stay Arrow strings, taken by position, so millions of
+    result rows never become Python objects."""
+    import pyarrow as pa
     entries, gf = manifest["shards"], manifest["gender_filter"]
     by_key = {}  # group key -> its manifest entries (a handful of keys: genders x genders sought)
+    cols = ["user_id", "embedding", "gpos", "excluded", "group_key", *ATTRIBUTES,
+            *(["profile_embedding"] if reciprocal else [])]
 
     def entries_for(key):
         if key not in by_key:
@@ -139,24 +157,30 @@ def recommend(queries_df, index_dir: str, manifest: dict, k: int, scorer: str, s
     def apply(batches):
         import faiss
         faiss.omp_set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1") or 1))
-        for pdf in batches:
-            for key, grp in pdf.groupby("group_key", sort=False):
+        for rb in batches:
+            keys = np.asarray(rb.column("group_key").to_pylist(), dtype=object)
+            for key in dict.fromkeys(keys):  # each group of the batch, in order
                 mine = entries_for(key)
                 if not mine:
                     continue  # nobody could match these users
                 sset = _cached_set(index_dir, mine)
-                for start in range(0, len(grp), batch):
-                    users = _users(grp.iloc[start:start + batch], reciprocal)
+                grp = rb.take(pa.array(np.flatnonzero(keys == key)))
+                for start in range(0, grp.num_rows, batch):
+                    part = grp.slice(start, batch)
+                    users = _users(part, reciprocal)
                     rows, ranks, slots, scores = topk(users, sset, k, scorer, seed, settings, reciprocal, pool)
-                    yield pd.DataFrame({"user_id": users.ids[rows], "rank": ranks,
-                                        "profile_id": sset.ids[slots], "score": scores})
+                    yield pa.RecordBatch.from_arrays(
+                        [users.ids.take(pa.array(rows)), pa.array(ranks, pa.int32()),
+                         sset.ids_arrow.take(pa.array(slots)), pa.array(scores, pa.float32())],
+                        names=["user_id", "rank", "profile_id", "score"])
 
     spark = queries_df.sparkSession
     n = partitions or 2 * spark.sparkContext.defaultParallelism
     # By filter group, then user: a task meets few groups, and a large group still spreads
     # over several tasks.
-    parts = queries_df.repartitionByRange(n, "group_key", "user_id").sortWithinPartitions("group_key", "user_id")
-    return parts.mapInPandas(apply, RECS_DDL)
+    parts = (queries_df.select(*cols).repartitionByRange(n, "group_key", "user_id")
+             .sortWithinPartitions("group_key", "user_id"))
+    return parts.mapInArrow(apply, RECS_DDL)
 
 
 # --- the job ----------------------------------------------------------------------------

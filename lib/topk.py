@@ -52,6 +52,14 @@ class ShardSet:
     pop_order: list  # per shard: its rows best first by pop_score
 
     @property
+    def ids_arrow(self):
+        """The profile ids as an Arrow array (taken by slot for the output, no Python strings)."""
+        if getattr(self, "_ids_arrow", None) is None:
+            import pyarrow as pa
+            self._ids_arrow = pa.array(self.ids, pa.string())
+        return self._ids_arrow
+
+    @property
     def total(self) -> int:
         return int(self.starts[-1])
 
