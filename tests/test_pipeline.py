@@ -263,3 +263,48 @@ def test_train_with_hard_negatives(spark, small_run, tmp_path):
     assert meta["hard_negatives"] is True and meta["batch_size"] == 64  # the set is large enough for 64
     assert meta["candidates_per_step"] == 2 * 2 * 64
     assert all(0 < x < 20 for x in meta["loss_history"])
+
+
+def test_reciprocal_match_is_a_new_version_and_the_last_stays_readable(spark, small_run, tmp_path):
+    """match.reciprocal=true ranks each user's best by the harmonic mean of both directions,
+    worked out here from the embedding tables; the run before stays readable by version."""
+    import shutil
+
+    import numpy as np
+    from delta.tables import DeltaTable
+
+    from lib.cli import run_stages
+    from tests.conftest import make_cfg
+    lake_dir = str(tmp_path / "lake")
+    shutil.copytree(small_run, lake_dir)
+    path = lake.table_path(lake_dir, "matches")
+    before = DeltaTable.forPath(spark, path).history(1).first()["version"]
+    old = {(r["user_id"], r["rank"]): r["profile_id"] for r in table(spark, lake_dir, "matches")}
+    cfg = make_cfg(lake_dir, *SMALL, "match.reciprocal=true", "match.reciprocal_pool=60")
+    run_id = lake.new_run_id()
+    info = run_stages(spark, cfg, ["match"], run_id)["match"]
+    assert info["delta_version"] == before + 1 and info["reciprocal"] is True
+    again = spark.read.format("delta").option("versionAsOf", before).load(path).collect()
+    assert {(r["user_id"], r["rank"]): r["profile_id"] for r in again} == old
+    new = table(spark, lake_dir, "matches")
+    assert {r["run_id"] for r in new} == {run_id}
+    mv = new[0]["model_version"]
+    user_vec = {r["user_id"]: np.array(r["embedding"]) for r in table(spark, lake_dir, "user_embeddings")
+                if r["model_version"] == mv}
+    prof_vec = {r["profile_id"]: np.array(r["embedding"]) for r in table(spark, lake_dir, "profile_embeddings")
+                if r["model_version"] == mv}
+    checked = 0
+    by_user: dict = {}
+    for r in new:
+        by_user.setdefault(r["user_id"], []).append(r)
+    for uid, rows in list(by_user.items())[:50]:
+        rows.sort(key=lambda r: r["rank"])
+        for r in rows:
+            a = (1 + float(user_vec[uid] @ prof_vec[r["profile_id"]])) / 2
+            b = (1 + float(user_vec[r["profile_id"]] @ prof_vec[uid])) / 2
+            assert r["score"] == pytest.approx(2 * a * b / (a + b), abs=1e-4)
+            checked += 1
+        assert all(x["score"] >= y["score"] for x, y in zip(rows, rows[1:]))
+    assert checked > 500
+    # Not the one-direction order: the reciprocal score reorders some lists.
+    assert any(old.get((r["user_id"], r["rank"])) != r["profile_id"] for r in new)
