@@ -69,7 +69,7 @@ def match_queries(spark, cfg: Config, model_version: str, index_dir: str, manife
                                              *settings_columns(profiles))
     pos = index_positions(spark, index_dir, manifest)
     excluded = (excluded_pairs(lake.read_table(spark, cfg.lake.path, "interactions", "synthesize"))
-                .join(pos, "profile_id").groupBy("user_id").agg(F.collect_list("gpos").alias("excluded")))
+                .join(pos, "profile_id").groupBy("user_id").agg(F.array_sort(F.collect_list("gpos")).alias("excluded")))
     q = (emb.join(users, "user_id").join(excluded, "user_id", "left")
          .join(pos.select(F.col("profile_id").alias("user_id"), F.col("gpos")), "user_id", "left")
          .withColumn("group_key", group_key_col(gf)))
@@ -223,20 +223,17 @@ def recommendations(spark, cfg: Config, run_id: str):
                      m.reciprocal, m.reciprocal_pool, m.partitions)
     out = (recs.withColumn("model_version", F.lit(mv)).withColumn("run_id", F.lit(run_id))
            .withColumn("generated_at", F.current_timestamp()))
-    return out, {"model_version": mv, "index_dir": index_dir, "manifest": manifest}
+    return out, {"model_version": mv, "index_dir": index_dir, "manifest": manifest, "queries": queries}
 
 
 def publish(spark, cfg: Config, recs) -> dict:
     """One Delta commit replaces the visible matches: readers see the old run or the new one,
     and earlier runs stay readable by version (time travel) until VACUUM."""
     from delta.tables import DeltaTable
-    from pyspark.sql import functions as F
     lake.write_table(recs, cfg.lake.path, "matches", mode="overwrite")
-    path = lake.table_path(cfg.lake.path, "matches")
-    version = DeltaTable.forPath(spark, path).history(1).select("version").first()["version"]
-    stats = spark.read.format("delta").option("versionAsOf", version).load(path).agg(
-        F.count("*").alias("rows"), F.countDistinct("user_id").alias("users")).first()
-    return {"rows": stats["rows"], "users_with_matches": stats["users"], "delta_version": int(version)}
+    last = DeltaTable.forPath(spark, lake.table_path(cfg.lake.path, "matches")).history(1).first()
+    # The commit's own count of what it wrote: no second pass over the table.
+    return {"rows": int(last["operationMetrics"]["numOutputRows"]), "delta_version": int(last["version"])}
 
 
 def run(spark, cfg: Config, run_id: str) -> dict:

@@ -50,6 +50,8 @@ class ShardSet:
     id_rank: np.ndarray  # [m] int64: position of the slot's id in sorted order (ties go to the smaller id)
     pop_score: np.ndarray  # [m] float32: the popularity baseline's score, minus the rank by (popularity, id)
     pop_order: list  # per shard: its rows best first by pop_score
+    any_age_range: bool  # someone in the set has an age range
+    any_max_distance: bool  # someone in the set has a maximum distance
 
     @property
     def ids_arrow(self):
@@ -77,13 +79,15 @@ def shard_set(shards: list, global_offsets: list) -> ShardSet:
     # shards by score is exact.
     pop_score = np.empty(len(ids), np.float32)
     pop_score[np.lexsort((id_rank, -popularity))] = -np.arange(len(ids), dtype=np.float32)
+    attrs = {a: cat([s.attrs[a] for s in shards], np.float64) for a in ATTRIBUTES}
     pop_order = [np.argsort(-pop_score[starts[i]:starts[i + 1]], kind="stable") for i in range(len(shards))]
     return ShardSet(
         shards=shards, starts=starts,
         gpos=cat([off + np.arange(s.count, dtype=np.int64) for s, off in zip(shards, global_offsets)], np.int64),
         ids=ids, popularity=popularity,
-        attrs={a: cat([s.attrs[a] for s in shards], np.float64) for a in ATTRIBUTES}, id_rank=id_rank,
-        pop_score=pop_score, pop_order=pop_order)
+        attrs=attrs, id_rank=id_rank, pop_score=pop_score, pop_order=pop_order,
+        any_age_range=bool(np.isfinite(attrs["age_min"]).any() or np.isfinite(attrs["age_max"]).any()),
+        any_max_distance=bool(np.isfinite(attrs["max_distance_km"]).any()))
 
 
 @dataclass
@@ -121,19 +125,25 @@ def passes(users: Users, rows: np.ndarray, slots: np.ndarray, sset: ShardSet, se
     ok = valid & (g != users.gpos[rows][:, None])
     lens = np.array([len(users.excluded[r]) for r in rows], dtype=np.int64)
     if lens.sum():
-        width = np.int64(max(int(sset.gpos.max(initial=0)), max((int(e.max(initial=0)) for e in users.excluded), default=0)) + 1)
-        local = np.arange(len(rows), dtype=np.int64)
-        banned = np.repeat(local, lens) * width + np.concatenate([users.excluded[r] for r in rows]).astype(np.int64)
-        ok &= ~np.isin(local[:, None] * width + g, banned)
-    if settings:
-        ua = {a: users.attrs[a][rows][:, None] for a in ATTRIBUTES}
-        ca = {a: sset.attrs[a][s] for a in ATTRIBUTES}
-        ok &= _within(ca["age"], ua["age_min"], ua["age_max"])  # they are in the user's range ...
-        ok &= _within(ua["age"], ca["age_min"], ca["age_max"])  # ... and the user in theirs
-        limit = np.fmin(ua["max_distance_km"], ca["max_distance_km"])  # the nearer of the two limits
+        excl = np.concatenate([users.excluded[r] for r in rows]).astype(np.int64)
+        # (row, global position) as one int: row * width + gpos, unique while gpos < width.
+        width = np.int64(max(int(sset.gpos.max(initial=0)), int(excl.max())) + 1)
+        banned = np.sort(np.repeat(np.arange(len(rows), dtype=np.int64), lens) * width + excl)
+        codes = np.arange(len(rows), dtype=np.int64)[:, None] * width + g
+        at = np.minimum(np.searchsorted(banned, codes), len(banned) - 1)
+        ok &= banned[at] != codes
+    if not settings:
+        return ok
+    ua = {a: users.attrs[a][rows][:, None] for a in ATTRIBUTES}
+    # Each check only where someone on either side set something: most people set nothing.
+    if sset.any_age_range or np.isfinite(ua["age_min"]).any() or np.isfinite(ua["age_max"]).any():
+        ok &= _within(sset.attrs["age"][s], ua["age_min"], ua["age_max"])  # they are in the user's range ...
+        ok &= _within(ua["age"], sset.attrs["age_min"][s], sset.attrs["age_max"][s])  # ... and the user in theirs
+    if sset.any_max_distance or np.isfinite(ua["max_distance_km"]).any():
+        limit = np.fmin(ua["max_distance_km"], sset.attrs["max_distance_km"][s])  # the nearer of the two limits
         limited = ~np.isnan(limit)
         if limited.any():
-            d = haversine_km(ua["latitude"], ua["longitude"], ca["latitude"], ca["longitude"])
+            d = haversine_km(ua["latitude"], ua["longitude"], sset.attrs["latitude"][s], sset.attrs["longitude"][s])
             with np.errstate(invalid="ignore"):
                 ok &= ~limited | (d <= limit)  # unknown coordinates fail a limit
     return ok
