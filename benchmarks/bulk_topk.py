@@ -35,7 +35,6 @@ ivf_speedup, nprobe_curve, als_50k_s, match_50k_s and more.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -44,7 +43,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from scale_setup import ROOT, peak_rss_mb  # noqa: E402
+from scale_setup import lake_config, parse_args, peak_rss_mb  # noqa: E402
 
 K = 100
 DIM = 64
@@ -57,35 +56,11 @@ def say(msg: str) -> None:
     print(f"[bulk_topk] {msg}", file=sys.stderr, flush=True)
 
 
-def parse_args() -> argparse.Namespace:
-    """scale_setup.parse_args plus the size of the ALS lake (copied: that parser takes no extras)."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--full", action="store_true", help="the issue's size")
-    p.add_argument("--profiles", type=int, help="profiles (and users) to generate (default 5,000; --full 200,000)")
-    p.add_argument("--als-profiles", type=int, help="profiles of the ALS comparison (default 2,000; --full 50,000)")
-    p.add_argument("--lake", help="folder of both lakes, kept and reused (default: a temporary folder, removed after)")
-    p.add_argument("--driver-memory", default="6g", help="JVM memory of local Spark (not the Python driver)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config key, as for the jobs (repeatable)")
-    args = p.parse_args()
-    args.n = args.profiles or (200_000 if args.full else 5_000)
-    args.m = args.als_profiles or (50_000 if args.full else 2_000)
-    return args
-
-
-def lake_config(args: argparse.Namespace, path: str, n: int):
-    """Config of a synthetic lake of ``n`` profiles at ``path`` (as scale_setup.synthetic_lake_config)."""
-    from lib.config import load_config
-    return load_config(os.path.join(ROOT, "conf", "local.yaml"), [
-        f"lake.path={path}", f"source.num_profiles={n}",
-        f"source.archetypes_file={os.path.join(ROOT, 'conf', 'archetypes.yaml')}",
-        f"spark.conf.spark.driver.memory={args.driver_memory}",
-        "spark.conf.spark.sql.shuffle.partitions=16",
-        # This benchmark's defaults (the vectors only need to be a trained model's): --set wins.
-        "train.epochs=3", "train.num_proc=1",
-        *args.overrides,
-        # The figures are defined at K=100 and dimension 64: not overridable.
-        f"match.k={K}", f"train.embedding_dim={DIM}"])
+def lake_of(args, path: str, n: int):
+    # This benchmark's defaults (the vectors only need to be a trained model's; --set wins),
+    # and what the figures are defined at (K=100, dimension 64: not overridable).
+    return lake_config(args, path, n, defaults=("train.epochs=3", "train.num_proc=1"),
+                       fixed=(f"match.k={K}", f"train.embedding_dim={DIM}"))
 
 
 def ensure_lake(spark, cfg) -> float:
@@ -308,14 +283,16 @@ def als_figures(spark, cfg) -> dict:
 # --- the run --------------------------------------------------------------------------
 
 def main() -> None:
-    args = parse_args()
+    args = parse_args(__doc__, 5_000, 200_000, more=lambda p: p.add_argument(
+        "--als-profiles", type=int, help="profiles of the ALS comparison (default 2,000; --full 50,000)"))
+    args.m = args.als_profiles or (50_000 if args.full else 2_000)
     from lib.cli import setup_logging
     setup_logging()
     root = args.lake or tempfile.mkdtemp(prefix="bulk-topk-")
     from lib.session import build_spark
     try:
-        cfg_n = lake_config(args, os.path.join(root, f"n{args.n}"), args.n)
-        cfg_m = lake_config(args, os.path.join(root, f"n{args.m}"), args.m)
+        cfg_n = lake_of(args, os.path.join(root, f"n{args.n}"), args.n)
+        cfg_m = lake_of(args, os.path.join(root, f"n{args.m}"), args.m)
         spark = build_spark(cfg_n)  # one session for both lakes: a config only names the lake
         # Spark's cores (local[2]: 2): what the job has, so what the reference gets too.
         threads = spark.sparkContext.defaultParallelism
