@@ -47,6 +47,15 @@ def test_set_overrides_are_typed():
     ("run_id=../../escape", "run_id '../../escape' may hold only"),
     ("model_version=x' or '1'='1", "may hold only"),
     ("lake.path=", "lake.path is empty"),
+    ("index.type=annoy", "index.type 'annoy' is not one of auto, flat, ivf, hnsw"),
+    ("index.nprobe=0", "index.nprobe must be positive"),
+    ("index.flat_max=-5", "index.flat_max must be positive"),
+    ("index.hnsw_m=0", "index.hnsw_m must be positive"),
+    ("index.ivf_nlist=-1", "index.ivf_nlist and match.partitions must be 0 (automatic) or more"),
+    ("match.partitions=-1", "index.ivf_nlist and match.partitions must be 0 (automatic) or more"),
+    ("match.reciprocal=maybe", "expects bool"),
+    ("match.reciprocal_pool=0", "match.reciprocal_pool must be positive"),
+    ("audit.short_sample=0", "audit.short_sample must be positive"),
 ])
 def test_bad_overrides_name_the_problem(override, words):
     with pytest.raises(UserError, match=None) as e:

@@ -114,15 +114,18 @@ def test_without_settings_filters_only_oneself_and_exclusions_go(world, tmp_path
         assert list(sset.ids[slots[got_rows == i]]) == brute_force(df, r, excluded[i], 20, settings=False)
 
 
-def test_ivf_shards_are_close_to_exact_and_nobody_is_left_short(world, tmp_path):
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_approximate_shards_are_close_to_exact_and_nobody_is_left_short(world, tmp_path, kind):
     df = pd.concat([world] * 4, ignore_index=True)  # 2,400 rows: enough for IVF lists
     df["profile_id"] = [f"p{i:05d}" for i in range(len(df))]
     rng = np.random.default_rng(3)
     v = rng.normal(size=(len(df), D)).astype(np.float32)
     df["embedding"] = list(v / np.linalg.norm(v, axis=1, keepdims=True))
-    ivf = write_shards(tmp_path / "ivf", df, 2, kind="ivf")
+    ivf = write_shards(tmp_path / kind, df, 2, kind=kind)
     flat = write_shards(tmp_path / "flat", df, 2, kind="flat")
-    assert ivf.shards[0].entry["type"] == "ivf" and ivf.shards[0].entry["params"]["nlist"] == ivf_nlist(ivf.shards[0].count)
+    assert ivf.shards[0].entry["type"] == kind
+    if kind == "ivf":
+        assert ivf.shards[0].entry["params"]["nlist"] == ivf_nlist(ivf.shards[0].count)
     rows = np.arange(0, len(df), 11)
     none = [set()] * len(rows)
     r_ivf, _, s_ivf, _ = topk(users_of(df, rows, ivf, none), ivf, 20)
