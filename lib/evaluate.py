@@ -111,7 +111,8 @@ def oracle_recs(spark, cfg: Config, run_id: str, users, k: int, gender_filter: b
     """(CompatibilitySearch, DataFrame of user_id, rank, profile_id, score): for each of
     ``users`` (user_id) the top k by the compatibility score without noise among the
     profiles the model may show them (fit both ways, active, not oneself, not acted on in
-    training, not blocked), found like synthesize's positives. Close the search when done."""
+    training, not blocked, within both sides' match settings), found like synthesize's
+    positives. Close the search when done."""
     from lib.compatibility_search import CompatibilitySearch, pair_people
     from lib.eligibility import active_profiles
     from lib.schema import MUSIC_DDL
@@ -123,7 +124,22 @@ def oracle_recs(spark, cfg: Config, run_id: str, users, k: int, gender_filter: b
                                        gender_filter, cfg.synthesize.ivf_min_pool)
     queries = (people.withColumnRenamed("id", "user_id").join(users, "user_id", "left_semi")
                .join(excluded_lists(spark, cfg), "user_id", "left"))
-    return search, search.best(queries, max(cfg.synthesize.retrieve, k), k)
+    if not cfg.match.settings_filters:
+        return search, search.best(queries, max(cfg.synthesize.retrieve, k), k)
+    # Under the match settings too, like the model: all the retrieved (exact for pools up to
+    # synthesize.retrieve), those the settings allow, re-ranked.
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+    from lib.eligibility import settings_allow
+    from lib.index import settings_columns
+    wide = search.best(queries, max(cfg.synthesize.retrieve, 4 * k), max(cfg.synthesize.retrieve, 4 * k))
+    attrs = active_profiles(profiles).select("id", *settings_columns(profiles))
+    cols = [c for c in attrs.columns if c != "id"]
+    allowed = (wide.join(attrs.select(F.col("id").alias("user_id"), *[F.col(c).alias("u_" + c) for c in cols]), "user_id")
+               .join(attrs.select(F.col("id").alias("profile_id"), *[F.col(c).alias("p_" + c) for c in cols]), "profile_id")
+               .where(settings_allow("u_", "p_")))
+    ranked = allowed.withColumn("rank", F.row_number().over(Window.partitionBy("user_id").orderBy("rank")))
+    return search, ranked.where(F.col("rank") <= k).select("user_id", "rank", "profile_id", "score")
 
 
 def format_table(results: dict, k: int, users: int) -> str:

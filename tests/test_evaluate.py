@@ -69,7 +69,8 @@ def test_oracle_is_the_exact_top_k_of_the_eligible_profiles(spark, lake_dir):
         search.close()
 
     # Brute force: fits both ways, active, not oneself, not acted on in training, no block
-    # either way; the best k by compatibility(), ties by id.
+    # either way, both sides' match settings; the best k by compatibility(), ties by id.
+    from tests.match_rules import allowed
     train = {(u, p) for _, u, p, _, _, _, s in rows if s == "train"}
     blocked = {(u, p) for _, u, p, e, _, _, _ in rows if e == "block"}
     blocked |= {(p, u) for u, p in blocked}
@@ -81,9 +82,12 @@ def test_oracle_is_the_exact_top_k_of_the_eligible_profiles(spark, lake_dir):
     for u in users:
         pu = people[u]
         eligible = [p for p in active if p != u and (u, p) not in train and (u, p) not in blocked
-                    and fits(pu["gender"], pu["looking_for"], people[p]["gender"], people[p]["looking_for"])]
+                    and fits(pu["gender"], pu["looking_for"], people[p]["gender"], people[p]["looking_for"])
+                    and allowed(pu, people[p])]
         expected = sorted(((compatibility(fields[u], fields[p]), p) for p in eligible), key=lambda t: (-t[0], t[1]))[:k]
         mine = sorted(by_user.get(u, []))
         assert [(p, s) for _, p, s in mine] == [(p, s) for s, p in expected], u
         assert [r for r, _, _ in mine] == list(range(1, len(expected) + 1))
     assert any(len(by_user.get(u, [])) == k for u in users)
+    choosy = [u for u in users if people[u]["age_min"] is not None or people[u]["max_distance_km"] is not None]
+    assert choosy  # the settings were in play

@@ -85,7 +85,8 @@ def test_label_pairs_keeps_the_positives_and_draws_negatives_from_the_rest(spark
 PEOPLE_DDL = ("id string, setup_complete boolean, age int, gender string, sexual_orientation string, "
               "looking_for array<string>, interests array<string>, relationship_goal string, "
               "education_level string, drinking_habits string, smoking_habits string, group_id string, "
-              "banned boolean, deleted_at timestamp")
+              "banned boolean, deleted_at timestamp, age_min int, age_max int, max_distance_km double, "
+              "latitude double, longitude double")
 
 
 def write_people(spark, lake_dir, n, seed=42, files=1):
