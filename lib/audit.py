@@ -20,8 +20,11 @@ from lib.errors import CheckFailed
 def audit_matches(spark, cfg: Config) -> dict:
     from pyspark.sql import functions as F
     from lib.index import settings_columns
-    gf = gender_filter_on(cfg.source)
-    settings = cfg.match.settings_filters
+    # The published rows are judged by the settings the match run that wrote them used.
+    made = lake.latest_run(spark, cfg.lake.path, "match")["info"]
+    gf = made.get("gender_filter", gender_filter_on(cfg.source))
+    settings = made.get("settings_filters", cfg.match.settings_filters)
+    k = made.get("k", cfg.match.k)
     matches = lake.read_table(spark, cfg.lake.path, "matches", "match")
     profiles = lake.read_table(spark, cfg.lake.path, "profiles", "ingest")
     inter = lake.read_table(spark, cfg.lake.path, "interactions", "synthesize")
@@ -50,24 +53,24 @@ def audit_matches(spark, cfg: Config) -> dict:
         .alias("age_or_distance_settings"),
     ).first().asDict()
     v = {k: int(x or 0) for k, x in v.items()}
-    v.update(_short_users(spark, cfg, matches, u, p, fit & allowed, inter))
+    v.update(_short_users(spark, cfg, k, matches, u, p, fit & allowed, inter))
     return v
 
 
-def _short_users(spark, cfg: Config, matches, u, p, rule, inter) -> dict:
+def _short_users(spark, cfg: Config, k: int, matches, u, p, rule, inter) -> dict:
     """Of the active users with fewer than K matches, a random sample (``audit.short_sample``)
     with every candidate counted: a user short of min(K, candidates) is a violation."""
     from pyspark.sql import functions as F
     got = matches.groupBy("user_id").agg(F.count("*").alias("n"))
     short = (u.join(got, "user_id", "left").withColumn("n", F.coalesce("n", F.lit(0)))
-             .where(F.col("n") < cfg.match.k))
+             .where(F.col("n") < k))
     n_short = short.count()
     sample = short.orderBy(F.rand(cfg.evaluate.seed)).limit(cfg.audit.short_sample).cache()
     pool = (sample.crossJoin(p).where(rule & (F.col("user_id") != F.col("profile_id")))
             .join(excluded_pairs(inter), ["user_id", "profile_id"], "left_anti")
             .groupBy("user_id").agg(F.count("*").alias("pool")))
     bad = (sample.join(pool, "user_id", "left")
-           .where(F.col("n") < F.least(F.lit(cfg.match.k), F.coalesce("pool", F.lit(0)))).count())
+           .where(F.col("n") < F.least(F.lit(k), F.coalesce("pool", F.lit(0)))).count())
     checked = sample.count()
     sample.unpersist()
     return {"users_short_of_matches": bad, "users_with_fewer_than_k": n_short, "short_users_checked": checked}
@@ -78,6 +81,7 @@ def run(spark, cfg: Config, run_id: str) -> dict:
     broken = {k: n for k, n in v.items()
               if k not in ("rows", "users", "users_with_fewer_than_k", "short_users_checked") and n}
     if broken:
-        raise CheckFailed(f"the published matches break the hard filters: {broken} (of {v['rows']} rows); "
-                          "this is a bug, please report it with the run id")
+        made = lake.latest_run(spark, cfg.lake.path, "match")["run_id"]
+        raise CheckFailed(f"the published matches of match run {made} break the hard filters or leave users "
+                          f"short: {broken} (of {v['rows']} rows); this is a bug, please report it with that run id")
     return v

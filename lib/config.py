@@ -318,8 +318,9 @@ def _check(cfg: Config) -> None:
         raise UserError("tracking.experiment is empty; name the MLflow experiment, e.g. --set tracking.experiment=twotower")
     if cfg.index.type not in INDEX_TYPES:
         raise UserError(f"index.type {cfg.index.type!r} is not one of {', '.join(INDEX_TYPES)}")
-    if cfg.index.ivf_nlist < 0 or cfg.match.partitions < 0:
-        raise UserError("index.ivf_nlist and match.partitions must be 0 (automatic) or more")
+    for name, value in (("index.ivf_nlist", cfg.index.ivf_nlist), ("match.partitions", cfg.match.partitions)):
+        if value < 0:
+            raise UserError(f"{name} must be 0 (automatic) or more, got {value}")
     if cfg.source.kind not in SOURCE_KINDS:
         raise UserError(f"source.kind {cfg.source.kind!r} is not one of {', '.join(SOURCE_KINDS)}")
     if cfg.source.kind in FILE_SOURCES and not cfg.source.path:

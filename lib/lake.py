@@ -161,3 +161,6 @@ def read_json(path: str) -> dict:
             return json.load(f)
     except FileNotFoundError:
         raise UserError(f"{path} not found; the artifact is incomplete, rerun the stage that writes it") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not valid JSON ({e}); it was changed by hand or cut short, "
+                        "rerun the stage that writes it") from None

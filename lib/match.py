@@ -185,16 +185,29 @@ def recommend(queries_df, index_dir: str, manifest: dict, k: int, scorer: str, s
 
 # --- the job ----------------------------------------------------------------------------
 def load_index(spark, cfg: Config, model_version: str):
-    """(index_dir, manifest) of the newest index built for ``model_version``."""
+    """(index_dir, manifest) of the newest index built for ``model_version``, its files
+    checked against the manifest's sha-256s here on the driver (before any task reads them)."""
+    from lib.config import gender_filter_on
+    from lib.shard_store import verify_files
     run = lake.latest_run(spark, cfg.lake.path, "index")
     _refuse_if_erased_since(spark, cfg, run)
-    index_dir = run["info"]["index_dir"]
+    # From the lake path, not the absolute folder the run recorded: a moved lake still works.
+    index_dir = lake.artifact_dir(cfg.lake.path, "indexes", run["run_id"])
     manifest = lake.read_json(os.path.join(index_dir, "manifest.json"))
+    shards = manifest.get("shards") if isinstance(manifest, dict) else None
+    if not shards or not all(isinstance(e, dict) and "offset" in e and "sha256" in e for e in shards) \
+            or "model_version" not in manifest or "gender_filter" not in manifest:
+        raise UserError(f"the index manifest {index_dir}/manifest.json is not one this version of the project "
+                        "wrote (older, or edited); run 'index' again")
     if manifest["model_version"] != model_version:
         raise UserError(f"the newest index was built for model {manifest['model_version']}, not {model_version}; "
                         "run 'index' (or pin --set model_version=...)")
-    if "offset" not in manifest["shards"][0]:
-        raise UserError(f"the index {index_dir} was built by an older version of this project; run 'index' again")
+    if manifest["gender_filter"] != gender_filter_on(cfg.source):
+        raise UserError(f"the newest index was built with the gender filter {'on' if manifest['gender_filter'] else 'off'}"
+                        f" but source.gender_filter says {'on' if gender_filter_on(cfg.source) else 'off'}; "
+                        "run 'index' with the same setting")
+    for entry in shards:
+        verify_files(index_dir, entry)
     return index_dir, manifest
 
 
@@ -239,5 +252,8 @@ def publish(spark, cfg: Config, recs) -> dict:
 def run(spark, cfg: Config, run_id: str) -> dict:
     recs, facts = recommendations(spark, cfg, run_id)
     info = publish(spark, cfg, recs)
+    # How this version was made: audit checks the published rows against the same settings.
     return {"model_version": facts["model_version"], **info, "k": cfg.match.k,
-            "reciprocal": cfg.match.reciprocal, "index_types": sorted({e["type"] for e in facts["manifest"]["shards"]})}
+            "reciprocal": cfg.match.reciprocal, "settings_filters": cfg.match.settings_filters,
+            "gender_filter": facts["manifest"]["gender_filter"], "index_dir": facts["index_dir"],
+            "index_types": sorted({e["type"] for e in facts["manifest"]["shards"]})}

@@ -117,16 +117,22 @@ def sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
+def verify_files(index_dir: str, entry: dict) -> None:
+    """Refuse a shard whose files are missing or differ from the manifest's sha-256s."""
+    for key, want in entry["sha256"].items():
+        path = os.path.join(index_dir, str(entry.get(key)))
+        if not os.path.exists(path) or sha256_file(path) != want:
+            raise UserError(f"index file {path} is missing or differs from its manifest "
+                            "(copied half-way or changed?); run 'index' again")
+
+
 def load_shard(index_dir: str, entry: dict, verify: bool = True) -> Shard:
-    """A shard's files, checked against the manifest's sha-256s."""
+    """A shard's files, checked against the manifest's sha-256s (again: each worker reads
+    them itself, on a cluster from shared storage)."""
     import faiss
     import pandas as pd
     if verify:
-        for key, want in entry["sha256"].items():
-            path = os.path.join(index_dir, entry[key])
-            if not os.path.exists(path) or sha256_file(path) != want:
-                raise UserError(f"index file {path} is missing or differs from its manifest "
-                                "(copied half-way or changed?); run 'index' again")
+        verify_files(index_dir, entry)
     index = faiss.read_index(os.path.join(index_dir, entry["file"]))
     params = entry.get("params") or {}
     if entry["type"] == "ivf":

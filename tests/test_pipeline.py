@@ -308,3 +308,36 @@ def test_reciprocal_match_is_a_new_version_and_the_last_stays_readable(spark, sm
     assert checked > 500
     # Not the one-direction order: the reciprocal score reorders some lists.
     assert any(old.get((r["user_id"], r["rank"])) != r["profile_id"] for r in new)
+
+
+def test_audit_judges_by_the_match_run_s_settings_and_a_changed_index_is_refused(spark, small_run, tmp_path, capsys):
+    """A match run with other settings is audited by those settings, not the audit's own
+    command line; a shard file or manifest changed after `index` stops `match` with one line."""
+    import glob
+    import shutil
+
+    from lib.audit import audit_matches
+    from tests.conftest import make_cfg
+    lake_dir = str(tmp_path / "lake")
+    shutil.copytree(small_run, lake_dir)
+    argv = ["--conf", f"{ROOT}/conf/local.yaml", "--set", f"lake.path={lake_dir}"]
+    assert main(["match"], job="match", argv=argv + ["--set", "match.k=7", "--set", "match.settings_filters=false"]) == 0
+    v = audit_matches(spark, make_cfg(lake_dir))  # the defaults: k=50 with the settings on
+    assert v["age_or_distance_settings"] == 0 and v["users_short_of_matches"] == 0
+    assert v["rows"] <= 7 * v["users"]
+    before = lake.read_table(spark, lake_dir, "matches").count()
+    meta = sorted(glob.glob(os.path.join(lake_dir, "indexes", "*", "shard-*.meta.parquet")))[0]
+    with open(meta, "r+b") as f:
+        f.seek(40)
+        f.write(b"\x00" * 40)
+    capsys.readouterr()
+    assert main(["match"], job="match", argv=argv) == 2
+    err = capsys.readouterr().err
+    assert "differs from its manifest" in err and "Traceback" not in err
+    manifest = os.path.join(os.path.dirname(meta), "manifest.json")
+    with open(manifest, "w") as f:
+        f.write("not json")
+    assert main(["match"], job="match", argv=argv) == 2
+    err = capsys.readouterr().err
+    assert "is not valid JSON" in err and "Traceback" not in err
+    assert lake.read_table(spark, lake_dir, "matches").count() == before  # nothing published
