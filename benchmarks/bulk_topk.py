@@ -287,8 +287,10 @@ def als_figures(spark, cfg) -> dict:
 # --- the run --------------------------------------------------------------------------
 
 def main() -> None:
-    args = parse_args(__doc__, 5_000, 200_000, more=lambda p: p.add_argument(
-        "--als-profiles", type=int, help="profiles of the ALS comparison (default 2,000; --full 50,000)"))
+    def more(p):
+        p.add_argument("--als-profiles", type=int, help="profiles of the ALS comparison (default 2,000; --full 50,000)")
+        p.add_argument("--no-settings-run", action="store_true", help="skip the run with the age/distance settings")
+    args = parse_args(__doc__, 5_000, 200_000, more=more)
     args.m = args.als_profiles or (50_000 if args.full else 2_000)
     from lib.cli import setup_logging
     setup_logging()
@@ -308,7 +310,8 @@ def main() -> None:
         plain = copy.deepcopy(cfg_n)
         plain.match.settings_filters = False
         recs, meta, match_runs = time_match_job(spark, plain, f"n{args.n}, settings off")
-        _, _, settings_runs = time_match_job(spark, cfg_n, f"n{args.n}, settings on", runs=1)
+        settings_runs = ([None] if args.no_settings_run else
+                         time_match_job(spark, cfg_n, f"n{args.n}, settings on", runs=1)[2])
         driver_rss = peak_rss_mb()  # the job's driver, before the reference loads anything here
 
         users = query_users(spark, cfg_n, meta["model_version"])
@@ -338,8 +341,8 @@ def main() -> None:
         "match_job_qps": round(job_qps, 1), "match_s_runs": [round(s, 2) for s in match_runs],
         "faiss_qps": round(ref_qps, 1), "faiss_s": round(faiss_s, 2),
         "ratio": round(job_qps / ref_qps, 3),
-        "match_job_qps_with_settings": round(meta["users"] / settings_runs[-1], 1),
-        "ratio_with_settings": round(meta["users"] / settings_runs[-1] / ref_qps, 3),
+        "match_job_qps_with_settings": round(meta["users"] / settings_runs[-1], 1) if settings_runs[-1] else None,
+        "ratio_with_settings": round(meta["users"] / settings_runs[-1] / ref_qps, 3) if settings_runs[-1] else None,
         "write_rows_per_s": round(rows / write_s, 1), "write_rows": rows, "write_s": round(write_s, 2),
         **ivf,
         "als_profiles": args.m, "als_users": als["als_users"], "als_fit_s": round(als["als_fit_s"], 2),
