@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from lib import lake
 from lib.config import Config, gender_filter_on
-from lib.eligibility import active_profiles, blocked_pairs, excluded_pairs, settings_allow
+from lib.eligibility import active_profiles, as_side, blocked_pairs, excluded_pairs, settings_allow
 from lib.errors import CheckFailed
 
 
@@ -29,11 +29,8 @@ def audit_matches(spark, cfg: Config) -> dict:
     profiles = lake.read_table(spark, cfg.lake.path, "profiles", "ingest")
     inter = lake.read_table(spark, cfg.lake.path, "interactions", "synthesize")
     active = active_profiles(profiles).select("id", "gender", "looking_for", *settings_columns(profiles))
-    cols = [c for c in active.columns if c != "id"]
-    u = active.select(F.col("id").alias("user_id"), *[F.col(c).alias("u_" + c) for c in cols],
-                      F.lit(True).alias("u_active"))
-    p = active.select(F.col("id").alias("profile_id"), *[F.col(c).alias("p_" + c) for c in cols],
-                      F.lit(True).alias("p_active"))
+    u = as_side(active.withColumn("active", F.lit(True)), "user_id", "u_")
+    p = as_side(active.withColumn("active", F.lit(True)), "profile_id", "p_")
     acted = inter.where(F.col("split") == "train").select("user_id", "profile_id").distinct() \
         .withColumn("acted", F.lit(True))
     blocked = blocked_pairs(inter).withColumn("blocked", F.lit(True))

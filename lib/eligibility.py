@@ -27,6 +27,13 @@ def excluded_pairs(interactions):
     return acted.unionByName(blocked_pairs(interactions)).distinct()
 
 
+def as_side(people, key: str, prefix: str):
+    """``people`` (id and attribute columns) as one side of a pair: ``id`` renamed ``key``,
+    every other column prefixed (``u_``/``p_``), as ``settings_allow`` reads them."""
+    from pyspark.sql import functions as F
+    return people.select(F.col("id").alias(key), *[F.col(c).alias(prefix + c) for c in people.columns if c != "id"])
+
+
 def settings_allow(u: str, p: str):
     """Spark Column over columns ``{u}age``, ``{u}age_min``, ... and the same with ``p``:
     each side is within the other's age range and the distance within the smaller of their

@@ -130,13 +130,11 @@ def oracle_recs(spark, cfg: Config, run_id: str, users, k: int, gender_filter: b
     # synthesize.retrieve), those the settings allow, re-ranked.
     from pyspark.sql import Window
     from pyspark.sql import functions as F
-    from lib.eligibility import settings_allow
+    from lib.eligibility import as_side, settings_allow
     from lib.index import settings_columns
     wide = search.best(queries, max(cfg.synthesize.retrieve, 4 * k), max(cfg.synthesize.retrieve, 4 * k))
     attrs = active_profiles(profiles).select("id", *settings_columns(profiles))
-    cols = [c for c in attrs.columns if c != "id"]
-    allowed = (wide.join(attrs.select(F.col("id").alias("user_id"), *[F.col(c).alias("u_" + c) for c in cols]), "user_id")
-               .join(attrs.select(F.col("id").alias("profile_id"), *[F.col(c).alias("p_" + c) for c in cols]), "profile_id")
+    allowed = (wide.join(as_side(attrs, "user_id", "u_"), "user_id").join(as_side(attrs, "profile_id", "p_"), "profile_id")
                .where(settings_allow("u_", "p_")))
     ranked = allowed.withColumn("rank", F.row_number().over(Window.partitionBy("user_id").orderBy("rank")))
     return search, ranked.where(F.col("rank") <= k).select("user_id", "rank", "profile_id", "score")

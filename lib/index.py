@@ -23,7 +23,7 @@ from lib import lake
 from lib.config import Config, gender_filter_on
 from lib.eligibility import active_profiles
 from lib.errors import UserError
-from lib.shard_store import META_COLUMNS, choose_type, write_shard
+from lib.shard_store import ATTRIBUTES, META_COLUMNS, choose_type, write_shard
 
 MANIFEST = "manifest.json"
 _SUMMARY_DDL = "shard int, entry string"
@@ -61,8 +61,7 @@ def settings_columns(profiles) -> list:
     """The profile columns the filters read; a lake from before the match settings has none
     of them (they are then not set)."""
     from pyspark.sql import functions as F
-    return [F.col(c) if c in profiles.columns else F.lit(None).cast("double").alias(c)
-            for c in ("age", "age_min", "age_max", "max_distance_km", "latitude", "longitude")]
+    return [F.col(c) if c in profiles.columns else F.lit(None).cast("double").alias(c) for c in ATTRIBUTES]
 
 
 def run(spark, cfg: Config, run_id: str) -> dict:
