@@ -124,7 +124,7 @@ class MatchConfig:
     settings_filters: bool = True  # each side within the other's age range and maximum distance, if set
     reciprocal: bool = False  # rerank by the harmonic mean of both directions' scores
     reciprocal_pool: int = 200  # reciprocal: the best this many (one direction) are reranked
-    partitions: int = 0  # tasks the users are split into; 0: twice Spark's default parallelism
+    partitions: int = 0  # tasks the users are split into; 0: as the joins that read them leave them (no extra shuffle)
 
 
 @dataclass
@@ -321,6 +321,9 @@ def _check(cfg: Config) -> None:
     for name, value in (("index.ivf_nlist", cfg.index.ivf_nlist), ("match.partitions", cfg.match.partitions)):
         if value < 0:
             raise UserError(f"{name} must be 0 (automatic) or more, got {value}")
+    if cfg.match.reciprocal and cfg.match.reciprocal_pool < cfg.match.k:
+        raise UserError(f"match.reciprocal_pool ({cfg.match.reciprocal_pool}) must be at least match.k "
+                        f"({cfg.match.k}): the rerank picks the k best of that pool")
     if cfg.source.kind not in SOURCE_KINDS:
         raise UserError(f"source.kind {cfg.source.kind!r} is not one of {', '.join(SOURCE_KINDS)}")
     if cfg.source.kind in FILE_SOURCES and not cfg.source.path:

@@ -6,9 +6,8 @@ Oneself, everyone the user acted on in training, blocks in either direction and 
 ``match.settings_filters``) both sides' age ranges and maximum distances are applied to
 the merged candidates, with over-fetch and deeper rounds so that K remain (lib.topk).
 
-On the executors: the users are range-partitioned by their filter group, so a task meets
-few groups and loads each shard it needs once (cached per Python worker); it searches
-blocks of ``match.query_batch`` users. Only counts reach the driver.
+On the executors: each Python worker loads a shard once (cached) and searches blocks of
+``match.query_batch`` users of one filter group. Only counts reach the driver.
 
 ``recommend`` serves the two-tower model and the random and popularity baselines
 (``scorer``) of ``evaluate`` alike.
@@ -154,33 +153,47 @@ def recommend(queries_df, index_dir: str, manifest: dict, k: int, scorer: str, s
             by_key[key] = shards_for(entries, gender, seeks.split("|") if seeks else [], gf)
         return by_key[key]
 
+    def search(key, grp):
+        """Top-k rows of one filter group's users, in blocks of ``batch``."""
+        sset = _cached_set(index_dir, entries_for(key))
+        for start in range(0, grp.num_rows, batch):
+            users = _users(grp.slice(start, batch), reciprocal)
+            rows, ranks, slots, scores = topk(users, sset, k, scorer, seed, settings, reciprocal, pool)
+            yield pa.RecordBatch.from_arrays(
+                [users.ids.take(pa.array(rows)), pa.array(ranks, pa.int32()),
+                 sset.ids_arrow.take(pa.array(slots)), pa.array(scores, pa.float32())],
+                names=["user_id", "rank", "profile_id", "score"])
+
     def apply(batches):
         import faiss
         faiss.omp_set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1") or 1))
+        # Users wait per filter group until a whole block of them is there: Spark's batches
+        # mix the groups, and FAISS is fastest on large blocks.
+        waiting, counts = {}, {}
         for rb in batches:
             keys = np.asarray(rb.column("group_key").to_pylist(), dtype=object)
-            for key in dict.fromkeys(keys):  # each group of the batch, in order
-                mine = entries_for(key)
-                if not mine:
+            for key in dict.fromkeys(keys):
+                if not entries_for(key):
                     continue  # nobody could match these users
-                sset = _cached_set(index_dir, mine)
-                grp = rb.take(pa.array(np.flatnonzero(keys == key)))
-                for start in range(0, grp.num_rows, batch):
-                    part = grp.slice(start, batch)
-                    users = _users(part, reciprocal)
-                    rows, ranks, slots, scores = topk(users, sset, k, scorer, seed, settings, reciprocal, pool)
-                    yield pa.RecordBatch.from_arrays(
-                        [users.ids.take(pa.array(rows)), pa.array(ranks, pa.int32()),
-                         sset.ids_arrow.take(pa.array(slots)), pa.array(scores, pa.float32())],
-                        names=["user_id", "rank", "profile_id", "score"])
+                waiting.setdefault(key, []).append(rb.take(pa.array(np.flatnonzero(keys == key))))
+                counts[key] = counts.get(key, 0) + waiting[key][-1].num_rows
+                if counts[key] >= batch:
+                    grp = pa.Table.from_batches(waiting.pop(key)).combine_chunks()
+                    full = counts.pop(key) // batch * batch
+                    yield from search(key, grp.slice(0, full).to_batches()[0])
+                    if full < grp.num_rows:
+                        waiting[key], counts[key] = grp.slice(full).to_batches(), grp.num_rows - full
+        for key, parts in waiting.items():
+            grp = pa.Table.from_batches(parts).combine_chunks()
+            yield from search(key, grp.to_batches()[0])
 
-    spark = queries_df.sparkSession
-    n = partitions or 2 * spark.sparkContext.defaultParallelism
-    # By filter group, then user: a task meets few groups, and a large group still spreads
-    # over several tasks.
-    parts = (queries_df.select(*cols).repartitionByRange(n, "group_key", "user_id")
-             .sortWithinPartitions("group_key", "user_id"))
-    return parts.mapInArrow(apply, RECS_DDL)
+    qs = queries_df.select(*cols)
+    # Users come as the joins that made them left them: every task meets every group, and
+    # each Python worker loads a shard once (cached). No range partitioning: it would scan
+    # the queries twice (a sampling pass) and shuffle them.
+    if partitions:
+        qs = qs.repartition(partitions)
+    return qs.mapInArrow(apply, RECS_DDL)
 
 
 # --- the job ----------------------------------------------------------------------------

@@ -12,9 +12,12 @@ short or unsure, searches again deeper:
    shard has not returned yet (the lowest score it did return), or when every shard was
    seen whole. On flat shards the result is then exactly the filtered top-K of one index
    over all the shards' vectors;
-4. users not done are searched again with four times the fetch; past ``MAX_FETCH`` (or when
-   an approximate index has nothing more to give), their shards are scored exhaustively
-   from the stored vectors, so nobody is left short while people who fit remain.
+4. users not done are searched again, deeper: as deep as the share of their candidates
+   that passed says K should pass, with a margin (users with the same depth searched
+   together). Past ``MAX_FETCH`` (or when an approximate index has nothing more to give,
+   or none of a user's candidates passed), every slot is scored exactly from the stored
+   vectors and the best are taken in the same rounds, so nobody is left short while
+   people who fit remain.
 
 Scorers: ``two_tower`` (the embeddings), ``popularity`` (score: minus the rank by
 popularity, then id) and ``random`` (the baselines of ``evaluate``), all under the same
@@ -27,6 +30,7 @@ the user's score for the profile and the profile's (user tower) score for the us
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +38,7 @@ import numpy as np
 from lib.shard_store import ATTRIBUTES
 
 MAX_FETCH = 4096  # deeper than this per shard: score the shard's vectors exhaustively
+EXHAUSTIVE_CELLS = 1 << 23  # [users x slots] scored at once by the exhaustive search (32 MB of float32)
 EARTH_RADIUS_KM = 6371.0088
 
 
@@ -52,6 +57,8 @@ class ShardSet:
     pop_order: list  # per shard: its rows best first by pop_score
     any_age_range: bool  # someone in the set has an age range
     any_max_distance: bool  # someone in the set has a maximum distance
+    xyz: np.ndarray  # [3, m] float64 the slot's place on the unit sphere (NaN: unknown)
+    cos_limit: np.ndarray  # [m] float64 ``cos_limit`` of the slot's maximum distance (NaN: none)
 
     @property
     def ids_arrow(self):
@@ -87,7 +94,9 @@ def shard_set(shards: list, global_offsets: list) -> ShardSet:
         ids=ids, popularity=popularity,
         attrs=attrs, id_rank=id_rank, pop_score=pop_score, pop_order=pop_order,
         any_age_range=bool(np.isfinite(attrs["age_min"]).any() or np.isfinite(attrs["age_max"]).any()),
-        any_max_distance=bool(np.isfinite(attrs["max_distance_km"]).any()))
+        any_max_distance=bool(np.isfinite(attrs["max_distance_km"]).any()),
+        xyz=unit_xyz(attrs["latitude"], attrs["longitude"]).reshape(3, -1),
+        cos_limit=cos_limit(attrs["max_distance_km"]))
 
 
 @dataclass
@@ -140,13 +149,40 @@ def passes(users: Users, rows: np.ndarray, slots: np.ndarray, sset: ShardSet, se
         ok &= _within(sset.attrs["age"][s], ua["age_min"], ua["age_max"])  # they are in the user's range ...
         ok &= _within(ua["age"], sset.attrs["age_min"][s], sset.attrs["age_max"][s])  # ... and the user in theirs
     if sset.any_max_distance or np.isfinite(ua["max_distance_km"]).any():
-        limit = np.fmin(ua["max_distance_km"], sset.attrs["max_distance_km"][s])  # the nearer of the two limits
-        limited = ~np.isnan(limit)
-        if limited.any():
-            d = haversine_km(ua["latitude"], ua["longitude"], sset.attrs["latitude"][s], sset.attrs["longitude"][s])
-            with np.errstate(invalid="ignore"):
-                ok &= ~limited | (d <= limit)  # unknown coordinates fail a limit
+        ok &= _near(users, rows, s, sset)
     return ok
+
+
+def unit_xyz(lat, lon) -> np.ndarray:
+    """[3, ...] points on the unit sphere (NaN where a coordinate is unknown)."""
+    p, l = np.radians(lat), np.radians(lon)
+    return np.stack([np.cos(p) * np.cos(l), np.cos(p) * np.sin(l), np.sin(p)])
+
+
+def cos_limit(km) -> np.ndarray:
+    """The cosine of the angle a distance limit allows (NaN: no limit); cosines above it are nearer."""
+    return np.cos(np.minimum(np.asarray(km, dtype=np.float64) / EARTH_RADIUS_KM, np.pi))
+
+
+def _near(users: Users, rows, s, sset: ShardSet) -> np.ndarray:
+    """[n, m] bool: user ``rows[i]`` and slot ``s[i, j]`` are within the nearer of their
+    distance limits, or neither set one (unknown coordinates fail a limit). The cosine of the
+    angle between the two unit vectors (3 multiply-adds) against the limit's decides; only
+    pairs within float error of the limit get the haversine, so the answer is the haversine's."""
+    lat, lon = users.attrs["latitude"][rows], users.attrs["longitude"][rows]
+    u = unit_xyz(lat, lon)
+    cos = u[0][:, None] * sset.xyz[0][s] + u[1][:, None] * sset.xyz[1][s] + u[2][:, None] * sset.xyz[2][s]
+    # The nearer limit has the larger cosine; fmax ignores a side without one.
+    bound = np.fmax(cos_limit(users.attrs["max_distance_km"][rows])[:, None], sset.cos_limit[s])
+    with np.errstate(invalid="ignore"):
+        near = np.isnan(bound) | (cos >= bound)
+        unsure = np.abs(cos - bound) <= 1e-9
+    if unsure.any():
+        i, j = np.nonzero(unsure)
+        limit = np.fmin(users.attrs["max_distance_km"][rows][i], sset.attrs["max_distance_km"][s[i, j]])
+        d = haversine_km(lat[i], lon[i], sset.attrs["latitude"][s[i, j]], sset.attrs["longitude"][s[i, j]])
+        near[i, j] = d <= limit
+    return near
 
 
 # --- candidates -----------------------------------------------------------------------
@@ -263,34 +299,34 @@ def topk(users: Users, sset: ShardSet, k: int, scorer: str = "two_tower", seed: 
     n = len(users.ids)
     want = max(k, pool) if reciprocal else k
     most_excluded = max((len(e) for e in users.excluded), default=0)
-    fetch = want + 1 + most_excluded
     found_slots, found_scores = [None] * n, [None] * n
-    pending = np.arange(n)
+    first = want + 1 + most_excluded
+    if settings and os.environ.get("FIRST_X"):
+        first = int(first * float(os.environ["FIRST_X"]))
+    todo = {first: np.arange(n)}  # fetch per shard -> the rows searched that deep
     round_no = 0
-    while len(pending) and sset.total:
-        if fetch > MAX_FETCH:
-            # The last resort, in chunks: [rows x every slot] scores at most ~16M floats at once.
-            step = max(1, (1 << 24) // max(sset.total, 1))
-            for c in range(0, len(pending), step):
-                rows = pending[c:c + step]
-                scores, slots = _exhaustive(users, rows, sset, scorer, seed)
-                best_slots, best_scores = _best(scores, slots, passes(users, rows, slots, sset, settings), want,
-                                                sset.id_rank)
-                for j, r in enumerate(rows):
-                    found_slots[r], found_scores[r] = best_slots[j], best_scores[j]
-            break
-        scores, slots, frontier, complete, dry = _search(users, pending, sset, fetch, scorer, seed, round_no)
-        best_slots, best_scores = _best(scores, slots, passes(users, pending, slots, sset, settings), want,
-                                        sset.id_rank)
-        kth = np.array([b[want - 1] if len(b) >= want else -np.inf for b in best_scores])
-        # Strictly above the frontier: an unseen candidate with an equal score could win a tie.
-        enough = np.array([len(b) >= want for b in best_scores]) & (kth > frontier)
-        done = enough | complete
-        for j in np.flatnonzero(done):
-            found_slots[pending[j]], found_scores[pending[j]] = best_slots[j], best_scores[j]
-        # An approximate index with nothing more to give: straight to the exhaustive search.
-        fetch = MAX_FETCH * 4 if (dry & ~done).any() else fetch * 4
-        pending = pending[~done]
+    while todo and sset.total:
+        deeper = {}
+        if os.environ.get("TOPK_DEBUG"): print("round", round_no, {f: len(p) for f, p in todo.items()})
+        for fetch, pending in sorted(todo.items()):
+            for rows in _chunks(pending, fetch, sset):
+                if fetch > MAX_FETCH:
+                    scores, slots, frontier, complete, dry = _search_all(users, rows, sset, fetch, scorer, seed)
+                else:
+                    scores, slots, frontier, complete, dry = _search(users, rows, sset, fetch, scorer, seed, round_no)
+                ok = passes(users, rows, slots, sset, settings)
+                best_slots, best_scores = _best(scores, slots, ok, want, sset.id_rank)
+                kth = np.array([b[want - 1] if len(b) >= want else -np.inf for b in best_scores])
+                # Strictly above the frontier: an unseen candidate with an equal score could win a tie.
+                enough = np.array([len(b) >= want for b in best_scores]) & (kth > frontier)
+                done = enough | complete
+                for j in np.flatnonzero(done):
+                    found_slots[rows[j]], found_scores[rows[j]] = best_slots[j], best_scores[j]
+                nxt = _next_fetch(fetch, ok.sum(axis=1), want, dry)
+                for f in np.unique(nxt[~done]):
+                    more = rows[~done & (nxt == f)]
+                    deeper[int(f)] = np.concatenate([deeper[int(f)], more]) if int(f) in deeper else more
+        todo = deeper
         round_no += 1
     empty = (np.zeros(0, np.int64), np.zeros(0, np.float32))
     found = [(s, c) if s is not None else empty for s, c in zip(found_slots, found_scores)]
@@ -302,6 +338,50 @@ def topk(users: Users, sset: ShardSet, k: int, scorer: str = "two_tower", seed: 
     slots = np.concatenate([s[:m] for (s, _), m in zip(found, lens)]) if n else np.zeros(0, np.int64)
     scores = np.concatenate([c[:m] for (_, c), m in zip(found, lens)]) if n else np.zeros(0, np.float32)
     return rows, ranks.astype(np.int32), slots.astype(np.int64), scores.astype(np.float32)
+
+
+def _next_fetch(fetch: int, passed: np.ndarray, want: int, dry: np.ndarray) -> np.ndarray:
+    """Per row, the fetch of its next round: deep enough that, at the pass rate the filters
+    showed on this round's candidates, ``want`` should pass (with half again as margin), at
+    least twice this one, rounded up (``_round_up``, so rows fall into few groups). Someone
+    none of whose candidates passed, or whose approximate index ran dry, goes past
+    MAX_FETCH: the exhaustive search."""
+    need = np.where(passed >= want, 2.0 * fetch, np.ceil(1.5 * fetch * want / np.maximum(passed, 1)))
+    nxt = _round_up(np.maximum(need, 2.0 * fetch))
+    return np.where(dry | (passed == 0), np.maximum(nxt, 2 * MAX_FETCH), nxt)
+
+
+def _round_up(x: np.ndarray) -> np.ndarray:
+    """Up to the next of 2^e or 1.5 x 2^e: depths in few groups, at most a third too deep."""
+    x = np.maximum(np.asarray(x, dtype=np.float64), 1.0)
+    low = 2.0 ** np.floor(np.log2(x))
+    return np.where(x <= low, low, np.where(x <= 1.5 * low, 1.5 * low, 2 * low)).astype(np.int64)
+
+
+def _chunks(rows: np.ndarray, fetch: int, sset: ShardSet):
+    """``rows`` in pieces whose [rows x candidates] matrices stay near ``EXHAUSTIVE_CELLS``
+    (past MAX_FETCH every slot is scored; below it, one piece)."""
+    if fetch <= MAX_FETCH:
+        yield rows
+        return
+    step = max(1, EXHAUSTIVE_CELLS // max(sset.total, 1))
+    for c in range(0, len(rows), step):
+        yield rows[c:c + step]
+
+
+def _search_all(users: Users, rows, sset: ShardSet, fetch: int, scorer: str, seed: int):
+    """As ``_search``, from every slot scored exactly (past MAX_FETCH, or an approximate index
+    that ran dry): the best ``fetch`` x shards overall, the frontier the best one left out."""
+    scores, slots = _exhaustive(users, rows, sset, scorer, seed)
+    n, m = scores.shape
+    depth = min(m, fetch * max(len(sset.shards), 1))
+    if depth >= m:
+        return scores, slots, np.full(n, -np.inf), np.ones(n, dtype=bool), np.zeros(n, dtype=bool)
+    part = np.argpartition(-scores, depth, axis=1)
+    frontier = np.take_along_axis(scores, part[:, depth:depth + 1], axis=1)[:, 0].astype(np.float64)
+    top = part[:, :depth]
+    return (np.take_along_axis(scores, top, axis=1), np.take_along_axis(slots, top, axis=1), frontier,
+            np.zeros(n, dtype=bool), np.zeros(n, dtype=bool))
 
 
 def _reciprocal(users: Users, r: int, slots, scores, sset: ShardSet, k: int):

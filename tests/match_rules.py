@@ -9,7 +9,7 @@ def _unset(x) -> bool:
 
 
 def km(a, b) -> float:
-    """Great-circle distance by the spherical law of cosines (the code uses haversine)."""
+    """Great-circle distance by the spherical law of cosines (the code: the angle between unit vectors, the haversine near a limit)."""
     la1, lo1, la2, lo2 = map(math.radians, (a["latitude"], a["longitude"], b["latitude"], b["longitude"]))
     c = math.sin(la1) * math.sin(la2) + math.cos(la1) * math.cos(la2) * math.cos(lo2 - lo1)
     return 6371.0088 * math.acos(max(-1.0, min(1.0, c)))

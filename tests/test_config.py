@@ -63,6 +63,13 @@ def test_bad_overrides_name_the_problem(override, words):
     assert words in str(e.value)
 
 
+def test_a_reciprocal_pool_smaller_than_k_is_refused():
+    with pytest.raises(UserError) as e:
+        load_config(LOCAL, ["match.reciprocal=true", "match.k=100", "match.reciprocal_pool=60"])
+    assert "match.reciprocal_pool (60) must be at least match.k (100)" in str(e.value)
+    load_config(LOCAL, ["match.reciprocal=false", "match.k=100", "match.reciprocal_pool=60"])  # unused: fine
+
+
 def test_unknown_key_in_file(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("train:\n  epochs: 2\n  learning_rat: 0.1\n")

@@ -10,6 +10,7 @@ import pytest
 from lib.errors import UserError
 from lib.match import shards_for
 from lib.shard_store import ivf_nlist, load_shard, write_shard
+from lib import topk as topk_module
 from lib.topk import Users, shard_set, topk
 from tests.match_rules import allowed
 
@@ -87,7 +88,12 @@ def brute_force(df, r, excluded, k, settings=True):
     return [pid for _, pid in sorted(scored)[:k]]
 
 
-def test_sharded_topk_equals_one_flat_index_with_every_filter(world, tmp_path):
+@pytest.mark.parametrize("max_fetch,cells", [(4096, 1 << 23), (16, 1000)], ids=["index", "exhaustive"])
+def test_sharded_topk_equals_one_flat_index_with_every_filter(world, tmp_path, monkeypatch, max_fetch, cells):
+    # "exhaustive": the deeper rounds go past MAX_FETCH at once, so the exact scoring of
+    # every slot (in chunks of a few rows) takes each user's best in rounds of its own.
+    monkeypatch.setattr(topk_module, "MAX_FETCH", max_fetch)
+    monkeypatch.setattr(topk_module, "EXHAUSTIVE_CELLS", cells)
     df = world
     rows = np.arange(0, N, 7)
     rng = np.random.default_rng(5)
@@ -102,6 +108,42 @@ def test_sharded_topk_equals_one_flat_index_with_every_filter(world, tmp_path):
             assert list(ranks[mine]) == list(range(1, mine.sum() + 1))
             assert list(sset.ids[slots[mine]]) == expected[i], (splits, i)
             assert np.all(np.diff(scores[mine]) <= 0)
+
+
+def test_the_next_round_is_as_deep_as_the_pass_rate_says():
+    fetch, want = 101, 100
+    passed = np.array([50, 10, 0, 100, 100, 90])
+    dry = np.array([False, False, False, False, True, False])
+    got = topk_module._next_fetch(fetch, passed, want, dry)
+    # Rounded up to 2^e or 1.5 x 2^e. 50 of 101 passed: 1.5 x 101 x 100 / 50 = 303 -> 384;
+    # 10 passed: 1515 -> 1536; none passed, or a dry index: the exhaustive search (past
+    # MAX_FETCH); enough passed but not above the frontier: twice (202 -> 256); 90 passed:
+    # 168.3, but at least twice: 202 -> 256.
+    assert list(got[[0, 1, 3, 5]]) == [384, 1536, 256, 256]
+    assert got[2] > topk_module.MAX_FETCH and got[4] > topk_module.MAX_FETCH
+
+
+def test_distance_limits_hold_to_the_centimetre(tmp_path):
+    # Along the equator the great-circle distance is exactly R x the longitude difference in
+    # radians, so the expected answers need no distance formula at all.
+    r_km = topk_module.EARTH_RADIUS_KM
+    lons = [1.0 - 1e-7, 1.0 + 1e-7, 0.05 / r_km * 180 / np.pi * 0.98, 0.05 / r_km * 180 / np.pi * 1.02, 0.0, np.nan]
+    df = pd.DataFrame({"profile_id": [f"p{i}" for i in range(len(lons))], "popularity": 0, "age": 30.0,
+                       "age_min": np.nan, "age_max": np.nan, "max_distance_km": np.nan,
+                       "latitude": [0.0] * 5 + [np.nan], "longitude": lons})
+    df["embedding"] = df["user_embedding"] = list(np.eye(len(lons), D, dtype=np.float32))
+    sset = write_shards(tmp_path, df, 1)
+    slots = np.broadcast_to(np.arange(len(lons)), (2, len(lons)))
+    users = Users(ids=np.array(["u1", "u2"], object), queries=np.zeros((2, D), np.float32),
+                  gpos=np.array([-1, -1]), excluded=[np.zeros(0, np.int64)] * 2,
+                  attrs={"age": np.array([30.0, 30.0]), "age_min": np.full(2, np.nan), "age_max": np.full(2, np.nan),
+                         "max_distance_km": np.array([r_km * np.pi / 180, 0.05]),  # 1 degree; 50 m
+                         "latitude": np.zeros(2), "longitude": np.zeros(2)})
+    by_id = {pid: j for j, pid in enumerate(sset.ids)}
+    order = [by_id[f"p{i}"] for i in range(len(lons))]
+    ok = topk_module.passes(users, np.arange(2), slots[:, order], sset, settings=True)
+    assert ok[0].tolist() == [True, False, True, True, True, False]
+    assert ok[1].tolist() == [False, False, True, False, True, False]
 
 
 def test_without_settings_filters_only_oneself_and_exclusions_go(world, tmp_path):
