@@ -115,6 +115,7 @@ class IndexConfig:
     nprobe: int = 32  # IVF lists searched per query (see benchmarks/bulk_topk.py)
     hnsw_m: int = 32  # HNSW links per node
     hnsw_ef_search: int = 256  # HNSW search breadth (at least the over-fetch)
+    keep: int = 2  # indexes kept: each run removes older ones (they hold erased accounts' vectors)
 
 
 @dataclass
@@ -124,7 +125,7 @@ class MatchConfig:
     settings_filters: bool = True  # each side within the other's age range and maximum distance, if set
     reciprocal: bool = False  # rerank by the harmonic mean of both directions' scores
     reciprocal_pool: int = 200  # reciprocal: the best this many (one direction) are reranked
-    partitions: int = 0  # tasks the users are split into; 0: as the joins that read them leave them (no extra shuffle)
+    partitions: int = 0  # 0: every task meets every filter group (no extra pass); N: N tasks by filter group (fewer shards per worker)
 
 
 @dataclass
@@ -355,6 +356,7 @@ def _check(cfg: Config) -> None:
         "index.flat_max": cfg.index.flat_max,
         "index.nprobe": cfg.index.nprobe,
         "index.hnsw_m": cfg.index.hnsw_m,
+        "index.keep": cfg.index.keep,
         "index.hnsw_ef_search": cfg.index.hnsw_ef_search,
         "match.reciprocal_pool": cfg.match.reciprocal_pool,
         "audit.short_sample": cfg.audit.short_sample,

@@ -110,6 +110,9 @@ def run(spark, cfg: Config, run_id: str) -> dict:
                 "gender_filter": gf, "count": offset, "shards": shards}
     lake.write_json_atomic(os.path.join(tmp_dir, MANIFEST), manifest)
     lake.publish_dir(tmp_dir, final_dir)
+    # Only the newest index is ever searched (match refuses an older one); the one before is
+    # kept for a match still reading it. Older ones go: they hold erased accounts' vectors.
+    removed = lake.prune_artifacts(cfg.lake.path, "indexes", cfg.index.keep)
     types = sorted({s["type"] for s in shards})
     return {"model_version": mv, "index_dir": final_dir, "shards": len(plan), "types": types,
-            "profiles_indexed": offset}
+            "profiles_indexed": offset, "old_indexes_removed": len(removed)}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import os
 import shutil
 import uuid
@@ -26,6 +27,23 @@ def table_path(lake: str, name: str) -> str:
 def artifact_dir(lake: str, kind: str, version: str) -> str:
     """``<lake>/<kind>/<version>``: models, indexes, reports, preprocessors."""
     return os.path.join(os.path.abspath(lake), kind, version)
+
+
+RUN_ID = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{6}")
+
+
+def prune_artifacts(lake: str, kind: str, keep: int) -> list:
+    """Remove all but the newest ``keep`` finished ``<lake>/<kind>/<run id>`` folders (run
+    ids sort by time); anything else there (a run in progress, a user's file) is left alone.
+    Returns the names removed."""
+    parent = os.path.join(os.path.abspath(lake), kind)
+    if not os.path.isdir(parent):
+        return []
+    runs = sorted(n for n in os.listdir(parent) if RUN_ID.fullmatch(n) and os.path.isdir(os.path.join(parent, n)))
+    old = runs[:-keep] if keep > 0 else runs
+    for name in old:
+        shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+    return old
 
 
 def new_run_id() -> str:

@@ -7,7 +7,9 @@ Oneself, everyone the user acted on in training, blocks in either direction and 
 the merged candidates, with over-fetch and deeper rounds so that K remain (lib.topk).
 
 On the executors: each Python worker loads a shard once (cached) and searches blocks of
-``match.query_batch`` users of one filter group. Only counts reach the driver.
+``match.query_batch`` users of one filter group; with ``match.partitions`` the users are
+first range-partitioned by filter group, so that a worker needs only a few groups' shards.
+Only counts reach the driver.
 
 ``recommend`` serves the two-tower model and the random and popularity baselines
 (``scorer``) of ``evaluate`` alike.
@@ -188,11 +190,13 @@ def recommend(queries_df, index_dir: str, manifest: dict, k: int, scorer: str, s
             yield from search(key, grp.to_batches()[0])
 
     qs = queries_df.select(*cols)
-    # Users come as the joins that made them left them: every task meets every group, and
-    # each Python worker loads a shard once (cached). No range partitioning: it would scan
-    # the queries twice (a sampling pass) and shuffle them.
     if partitions:
-        qs = qs.repartition(partitions)
+        # By filter group, then user: a task meets few groups, so a Python worker loads only
+        # their shards (for an index larger than a worker's memory), at the cost of a sampling
+        # pass over the users and a shuffle of them.
+        qs = qs.repartitionByRange(partitions, "group_key", "user_id").sortWithinPartitions("group_key", "user_id")
+    # Otherwise as the joins that made them left them: every task meets every group, and each
+    # Python worker loads each shard once (cached).
     return qs.mapInArrow(apply, RECS_DDL)
 
 

@@ -51,6 +51,7 @@ def test_set_overrides_are_typed():
     ("index.nprobe=0", "index.nprobe must be positive"),
     ("index.flat_max=-5", "index.flat_max must be positive"),
     ("index.hnsw_m=0", "index.hnsw_m must be positive"),
+    ("index.keep=0", "index.keep must be positive"),
     ("index.ivf_nlist=-1", "index.ivf_nlist must be 0 (automatic) or more, got -1"),
     ("match.partitions=-1", "match.partitions must be 0 (automatic) or more, got -1"),
     ("match.reciprocal=maybe", "expects bool"),

@@ -147,3 +147,19 @@ def test_full_read_guard_for_music_and_interactions(spark, lake_dir):
     read = spark.createDataFrame([(f"i{i}",) for i in range(8)], "id string")  # 2 of 10 absent (synthetic not counted)
     with pytest.raises(UserError, match=r"lacks 2 of the lake's 10 lastfm interactions rows \(20.0%\)"):
         _check_absent_rows(spark, cfg, read, "interactions")
+
+
+def test_only_the_newest_indexes_are_kept(tmp_path):
+    # Old indexes hold erased accounts' vectors and attributes: each index run keeps the
+    # newest index.keep and removes the rest, never a run in progress or a stranger's folder.
+    from lib.lake import prune_artifacts
+    root = tmp_path / "indexes"
+    names = ["20261201T100000Z-aaaaaa", "20261202T100000Z-bbbbbb", "20261203T090000Z-cccccc",
+             "20261203T100000Z-dddddd"]
+    for n in names + ["20261204T100000Z-eeeeee.tmp", "notes"]:
+        (root / n).mkdir(parents=True)
+        (root / n / "manifest.json").write_text("{}")
+    assert prune_artifacts(str(tmp_path), "indexes", 2) == names[:2]
+    assert sorted(p.name for p in root.iterdir()) == sorted(names[2:] + ["20261204T100000Z-eeeeee.tmp", "notes"])
+    assert prune_artifacts(str(tmp_path), "indexes", 2) == []
+    assert prune_artifacts(str(tmp_path / "nowhere"), "indexes", 2) == []
