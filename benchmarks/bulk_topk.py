@@ -110,7 +110,7 @@ def time_match_job(spark, cfg, label: str, runs: int = 2):
     meta["users"], meta["fetch"] = sizes["n"], cfg.match.k + 1 + (sizes["most"] or 0)
     runs = [noop_write(recs) for _ in range(runs)]
     say(f"match job ({label}): {meta['users']:,} users, fetch {meta['fetch']} per shard, "
-        f"{runs[0]:.1f}s then {runs[1]:.1f}s")
+        + " then ".join(f"{r:.1f}s" for r in runs))
     return recs, meta, runs
 
 

@@ -4,7 +4,8 @@ The search over-fetches, filters, merges the shards and, where the filters leave
 short or unsure, searches again deeper:
 
 1. each shard gives its best ``fetch`` for every user (``fetch`` = the pool wanted + 1 for
-   oneself + the most exclusions any user of the block has);
+   oneself + the most exclusions any user of the block has; with the settings on,
+   ``OWN_SETTINGS_DEPTH`` times that for users who set an age range or distance);
 2. the filters remove oneself, the excluded (acted on, blocked either way) and, with
    ``settings``, anyone outside the user's age range or maximum distance or whose own
    settings leave the user out;
@@ -30,7 +31,6 @@ the user's score for the profile and the profile's (user tower) score for the us
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +38,10 @@ import numpy as np
 from lib.shard_store import ATTRIBUTES
 
 MAX_FETCH = 4096  # deeper than this per shard: score the shard's vectors exhaustively
+# With the settings on, users who set a range or distance start this many times deeper (on
+# synthetic data about half their best candidates pass: measured, the job then takes 1.4x
+# its time without settings instead of 1.7x with everyone starting at the base depth).
+OWN_SETTINGS_DEPTH = 3
 EXHAUSTIVE_CELLS = 1 << 23  # [users x slots] scored at once by the exhaustive search (32 MB of float32)
 EARTH_RADIUS_KM = 6371.0088
 
@@ -301,13 +305,18 @@ def topk(users: Users, sset: ShardSet, k: int, scorer: str = "two_tower", seed: 
     most_excluded = max((len(e) for e in users.excluded), default=0)
     found_slots, found_scores = [None] * n, [None] * n
     first = want + 1 + most_excluded
-    if settings and os.environ.get("FIRST_X"):
-        first = int(first * float(os.environ["FIRST_X"]))
     todo = {first: np.arange(n)}  # fetch per shard -> the rows searched that deep
+    if settings:
+        # Someone with an age range or a distance of their own loses many of their best
+        # candidates to it: they start deeper rather than pay for a second full search.
+        own = np.zeros(n, dtype=bool)
+        for a in ("age_min", "age_max", "max_distance_km"):
+            own |= np.isfinite(users.attrs[a])
+        deep = int(_round_up(OWN_SETTINGS_DEPTH * first))
+        todo = {f: r for f, r in ((first, np.flatnonzero(~own)), (deep, np.flatnonzero(own))) if len(r)}
     round_no = 0
     while todo and sset.total:
         deeper = {}
-        if os.environ.get("TOPK_DEBUG"): print("round", round_no, {f: len(p) for f, p in todo.items()})
         for fetch, pending in sorted(todo.items()):
             for rows in _chunks(pending, fetch, sset):
                 if fetch > MAX_FETCH:
