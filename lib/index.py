@@ -23,7 +23,7 @@ from lib import lake
 from lib.config import Config, gender_filter_on
 from lib.eligibility import active_profiles
 from lib.errors import UserError
-from lib.shard_store import ATTRIBUTES, META_COLUMNS, choose_type, write_shard
+from lib.shard_store import ATTRIBUTES, META_COLUMNS, choose_type, sha256_file, write_shard
 
 MANIFEST = "manifest.json"
 _SUMMARY_DDL = "shard int, entry string"
@@ -109,10 +109,13 @@ def run(spark, cfg: Config, run_id: str) -> dict:
     manifest = {"index_run_id": run_id, "model_version": mv, "dim": dim, "metric": "inner_product",
                 "gender_filter": gf, "count": offset, "shards": shards}
     lake.write_json_atomic(os.path.join(tmp_dir, MANIFEST), manifest)
+    # Recorded in the run (a Delta table, apart from the files): an edited manifest (a shard's
+    # gender label, say) would send users to the wrong shards, so match checks it.
+    manifest_sha256 = sha256_file(os.path.join(tmp_dir, MANIFEST))
     lake.publish_dir(tmp_dir, final_dir)
     # Only the newest index is ever searched (match refuses an older one); the one before is
     # kept for a match still reading it. Older ones go: they hold erased accounts' vectors.
     removed = lake.prune_artifacts(cfg.lake.path, "indexes", cfg.index.keep)
     types = sorted({s["type"] for s in shards})
     return {"model_version": mv, "index_dir": final_dir, "shards": len(plan), "types": types,
-            "profiles_indexed": offset, "old_indexes_removed": len(removed)}
+            "profiles_indexed": offset, "old_indexes_removed": len(removed), "manifest_sha256": manifest_sha256}

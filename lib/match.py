@@ -205,12 +205,16 @@ def load_index(spark, cfg: Config, model_version: str):
     """(index_dir, manifest) of the newest index built for ``model_version``, its files
     checked against the manifest's sha-256s here on the driver (before any task reads them)."""
     from lib.config import gender_filter_on
-    from lib.shard_store import verify_files
+    from lib.shard_store import sha256_file, verify_files
     run = lake.latest_run(spark, cfg.lake.path, "index")
     _refuse_if_erased_since(spark, cfg, run)
     # From the lake path, not the absolute folder the run recorded: a moved lake still works.
     index_dir = lake.artifact_dir(cfg.lake.path, "indexes", run["run_id"])
     manifest = lake.read_json(os.path.join(index_dir, "manifest.json"))
+    recorded = run["info"].get("manifest_sha256")  # absent in runs of older versions
+    if recorded and sha256_file(os.path.join(index_dir, "manifest.json")) != recorded:
+        raise UserError(f"the index manifest {index_dir}/manifest.json was changed after index run "
+                        f"{run['run_id']} wrote it; run 'index' again")
     shards = manifest.get("shards") if isinstance(manifest, dict) else None
     if not shards or not all(isinstance(e, dict) and "offset" in e and "sha256" in e for e in shards) \
             or "model_version" not in manifest or "gender_filter" not in manifest:

@@ -335,6 +335,13 @@ def test_audit_judges_by_the_match_run_s_settings_and_a_changed_index_is_refused
     err = capsys.readouterr().err
     assert "differs from its manifest" in err and "Traceback" not in err
     manifest = os.path.join(os.path.dirname(meta), "manifest.json")
+    edited = json.load(open(manifest))
+    edited["shards"][0]["gender"] = "woman" if edited["shards"][0]["gender"] != "woman" else "man"
+    with open(manifest, "w") as f:
+        json.dump(edited, f)  # still a valid manifest, but users would search the wrong shard
+    assert main(["match"], job="match", argv=argv) == 2
+    err = capsys.readouterr().err
+    assert "manifest.json was changed after index run" in err and "Traceback" not in err
     with open(manifest, "w") as f:
         f.write("not json")
     assert main(["match"], job="match", argv=argv) == 2
