@@ -19,12 +19,14 @@ def blocked_pairs(interactions):
             .distinct())
 
 
-def excluded_pairs(interactions):
+def excluded_pairs(interactions, distinct: bool = True):
     """(user_id, profile_id) pairs never to recommend: everything the user acted on in the
-    training split, and every block in either direction."""
+    training split, and every block in either direction. ``distinct=False`` leaves repeats
+    (a like then a match) for a caller that dedupes as it aggregates: one shuffle less."""
     from pyspark.sql import functions as F
     acted = interactions.where(F.col("split") == "train").select("user_id", "profile_id")
-    return acted.unionByName(blocked_pairs(interactions)).distinct()
+    pairs = acted.unionByName(blocked_pairs(interactions))
+    return pairs.distinct() if distinct else pairs
 
 
 def as_side(people, key: str, prefix: str):

@@ -69,8 +69,10 @@ def match_queries(spark, cfg: Config, model_version: str, index_dir: str, manife
     users = active_profiles(profiles).select(F.col("id").alias("user_id"), "gender", "looking_for",
                                              *settings_columns(profiles))
     pos = index_positions(spark, index_dir, manifest)
-    excluded = (excluded_pairs(lake.read_table(spark, cfg.lake.path, "interactions", "synthesize"))
-                .join(pos, "profile_id").groupBy("user_id").agg(F.array_sort(F.collect_list("gpos")).alias("excluded")))
+    # Repeats are dropped by collect_set as it aggregates (map side too), not by a distinct:
+    # one shuffle of the interactions less (measured: half the time of this part).
+    excluded = (excluded_pairs(lake.read_table(spark, cfg.lake.path, "interactions", "synthesize"), distinct=False)
+                .join(pos, "profile_id").groupBy("user_id").agg(F.array_sort(F.collect_set("gpos")).alias("excluded")))
     q = (emb.join(users, "user_id").join(excluded, "user_id", "left")
          .join(pos.select(F.col("profile_id").alias("user_id"), F.col("gpos")), "user_id", "left")
          .withColumn("group_key", group_key_col(gf)))

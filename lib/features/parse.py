@@ -37,7 +37,9 @@ OPTIONAL_COLUMNS = ("relationship_goal", "drinking_habits", "smoking_habits", "e
                     "longitude", "genres", "artists")
 # Columns a profile row carries that are not features, known and quietly not read.
 NOT_FEATURES = ("name", "avatar_url", "bio", "updated_at", "setup_complete", "looking_for", "source",
-                "deleted_at", "banned", "ingest_run_id", "content_hash", "run_id", "birth_date")
+                "deleted_at", "banned", "ingest_run_id", "content_hash", "run_id", "birth_date",
+                # Match settings: filters applied by match, not something to learn from.
+                "age_min", "age_max", "max_distance_km")
 
 # Extra attributes (``attributes`` map) with a parser; others are warned about and ignored.
 KNOWN_ATTRIBUTES = ("speaks", "religion", "offspring", "pets", "sign", "diet", "body_type", "drugs", "status",
