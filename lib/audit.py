@@ -17,6 +17,9 @@ from lib.eligibility import active_profiles, as_side, blocked_pairs, excluded_pa
 from lib.errors import CheckFailed
 
 
+NOT_CHECKED = "not-checked(match.settings_filters=false)"
+
+
 def audit_matches(spark, cfg: Config) -> dict:
     from pyspark.sql import functions as F
     from lib.index import settings_columns
@@ -50,6 +53,8 @@ def audit_matches(spark, cfg: Config) -> dict:
         .alias("age_or_distance_settings"),
     ).first().asDict()
     v = {k: int(x or 0) for k, x in v.items()}
+    if not settings:  # say so: a 0 here would read as "checked, none broken"
+        v["age_or_distance_settings"] = NOT_CHECKED
     v.update(_short_users(spark, cfg, k, matches, u, p, fit & allowed, inter))
     return v
 
@@ -76,7 +81,8 @@ def _short_users(spark, cfg: Config, k: int, matches, u, p, rule, inter) -> dict
 def run(spark, cfg: Config, run_id: str) -> dict:
     v = audit_matches(spark, cfg)
     broken = {k: n for k, n in v.items()
-              if k not in ("rows", "users", "users_with_fewer_than_k", "short_users_checked") and n}
+              if k not in ("rows", "users", "users_with_fewer_than_k", "short_users_checked") and n != NOT_CHECKED
+              and n}
     if broken:
         made = lake.latest_run(spark, cfg.lake.path, "match")["run_id"]
         raise CheckFailed(f"the published matches of match run {made} break the hard filters or leave users "

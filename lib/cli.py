@@ -104,6 +104,8 @@ _INTERRUPTED = []  # non-empty once Ctrl-C (SIGINT) arrived
 
 def _on_sigint(signum, frame):
     _INTERRUPTED.append(signum)
+    # Every call into the stopping JVM now fails, and py4j logs each with a traceback.
+    logging.disable(logging.CRITICAL)
     raise KeyboardInterrupt
 
 
@@ -139,6 +141,11 @@ def main(stages: list, job: str | None = None, argv: list | None = None) -> int:
         lake.check_writable(cfg.lake.path)
         from lib.session import build_spark
         spark = build_spark(cfg)
+        if threading.current_thread() is threading.main_thread():
+            # PySpark's SparkContext put its own handler in (it cancels the jobs through the
+            # JVM from inside the signal, which py4j reports as errors and tracebacks); ours
+            # again: the JVM stops with this process, and the stage leaves nothing behind.
+            signal.signal(signal.SIGINT, _on_sigint)
         run_id = cfg.run_id or lake.new_run_id()
         if job == "pipeline":
             stages = pipeline_stages(cfg)

@@ -212,6 +212,9 @@ def load_index(spark, cfg: Config, model_version: str):
     _refuse_if_erased_since(spark, cfg, run)
     # From the lake path, not the absolute folder the run recorded: a moved lake still works.
     index_dir = lake.artifact_dir(cfg.lake.path, "indexes", run["run_id"])
+    if not os.path.isfile(os.path.join(index_dir, "manifest.json")):
+        raise UserError(f"the index of index run {run['run_id']} is gone ({index_dir}/manifest.json not found); "
+                        "run 'index' again")
     manifest = lake.read_json(os.path.join(index_dir, "manifest.json"))
     recorded = run["info"].get("manifest_sha256")  # absent in runs of older versions
     if recorded and sha256_file(os.path.join(index_dir, "manifest.json")) != recorded:
