@@ -113,8 +113,9 @@ def run(spark, cfg: Config, run_id: str) -> dict:
     # gender label, say) would send users to the wrong shards, so match checks it.
     manifest_sha256 = sha256_file(os.path.join(tmp_dir, MANIFEST))
     lake.publish_dir(tmp_dir, final_dir)
-    # Only the newest index is ever searched (match refuses an older one); the one before is
-    # kept for a match still reading it. Older ones go: they hold erased accounts' vectors.
+    # Only the newest index is ever searched (match refuses an older one); with the default
+    # keep of 2 the one before stays for a match still reading it. Older ones go: they hold
+    # erased accounts' vectors.
     removed = lake.prune_artifacts(cfg.lake.path, "indexes", cfg.index.keep)
     types = sorted({s["type"] for s in shards})
     return {"model_version": mv, "index_dir": final_dir, "shards": len(plan), "types": types,

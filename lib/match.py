@@ -123,6 +123,12 @@ def _matrix(col, d: int) -> np.ndarray:
     return out
 
 
+def _one_batch(parts: list):
+    """Record batches of the same columns as one record batch."""
+    import pyarrow as pa
+    return pa.Table.from_batches(parts).combine_chunks().to_batches()[0]
+
+
 def _users(batch, reciprocal: bool) -> Users:
     """The Users of an Arrow record batch of ``match_queries`` rows (no Python object per value)."""
     import pyarrow.compute as pc
@@ -173,23 +179,22 @@ def recommend(queries_df, index_dir: str, manifest: dict, k: int, scorer: str, s
         faiss.omp_set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1") or 1))
         # Users wait per filter group until a whole block of them is there: Spark's batches
         # mix the groups, and FAISS is fastest on large blocks.
-        waiting, counts = {}, {}
+        waiting = {}  # group key -> record batches of its users not searched yet
         for rb in batches:
             keys = np.asarray(rb.column("group_key").to_pylist(), dtype=object)
             for key in dict.fromkeys(keys):
                 if not entries_for(key):
                     continue  # nobody could match these users
-                waiting.setdefault(key, []).append(rb.take(pa.array(np.flatnonzero(keys == key))))
-                counts[key] = counts.get(key, 0) + waiting[key][-1].num_rows
-                if counts[key] >= batch:
-                    grp = pa.Table.from_batches(waiting.pop(key)).combine_chunks()
-                    full = counts.pop(key) // batch * batch
-                    yield from search(key, grp.slice(0, full).to_batches()[0])
-                    if full < grp.num_rows:
-                        waiting[key], counts[key] = grp.slice(full).to_batches(), grp.num_rows - full
+                parts = waiting.setdefault(key, [])
+                parts.append(rb.take(pa.array(np.flatnonzero(keys == key))))
+                held = sum(p.num_rows for p in parts)
+                if held >= batch:
+                    grp, full = _one_batch(parts), held // batch * batch
+                    yield from search(key, grp.slice(0, full))
+                    waiting[key] = [grp.slice(full)] if full < held else []
         for key, parts in waiting.items():
-            grp = pa.Table.from_batches(parts).combine_chunks()
-            yield from search(key, grp.to_batches()[0])
+            if parts:
+                yield from search(key, _one_batch(parts))
 
     qs = queries_df.select(*cols)
     if partitions:
@@ -212,12 +217,12 @@ def load_index(spark, cfg: Config, model_version: str):
     _refuse_if_erased_since(spark, cfg, run)
     # From the lake path, not the absolute folder the run recorded: a moved lake still works.
     index_dir = lake.artifact_dir(cfg.lake.path, "indexes", run["run_id"])
-    if not os.path.isfile(os.path.join(index_dir, "manifest.json")):
-        raise UserError(f"the index of index run {run['run_id']} is gone ({index_dir}/manifest.json not found); "
-                        "run 'index' again")
-    manifest = lake.read_json(os.path.join(index_dir, "manifest.json"))
+    path = os.path.join(index_dir, "manifest.json")
+    if not os.path.isfile(path):
+        raise UserError(f"the index of index run {run['run_id']} is gone ({path} not found); run 'index' again")
+    manifest = lake.read_json(path)
     recorded = run["info"].get("manifest_sha256")  # absent in runs of older versions
-    if recorded and sha256_file(os.path.join(index_dir, "manifest.json")) != recorded:
+    if recorded and sha256_file(path) != recorded:
         raise UserError(f"the index manifest {index_dir}/manifest.json was changed after index run "
                         f"{run['run_id']} wrote it; run 'index' again")
     shards = manifest.get("shards") if isinstance(manifest, dict) else None
